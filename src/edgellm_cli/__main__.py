@@ -1,0 +1,3 @@
+from edgellm_cli.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""Convert stage: lower our Decoder through litert_torch into one multi-signature `.tflite`.
+
+Signatures follow the MediaPipe / LiteRT-LM convention: `prefill_{N}` per requested N and
+`decode`, with inputs `tokens` int32 [1, N], `input_pos` int32 [N], `kv_cache_k_{i}` /
+`kv_cache_v_{i}` float32 [1, T, kv_heads, head_dim]; outputs `logits` and the updated caches.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.layers import Decoder
+from edgellm_cli.quiet import native_output_to
+
+
+class _SignatureModule(torch.nn.Module):
+    """Gives the Decoder flat keyword inputs, so each cache tensor gets its own signature name."""
+
+    def __init__(self, decoder: Decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, **kv_cache: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.decoder(tokens, input_pos, kv_cache)
+
+
+@functools.cache
+def _register_lowerings() -> None:
+    """Lower our cache update to stablehlo.dynamic_update_slice, which LiteRT runs in place."""
+    from litert_converter.mlir import ir
+    from litert_converter.mlir.dialects import stablehlo
+    from litert_torch.backend import lowerings
+
+    @lowerings.lower(torch.ops.edgellm.update_cache)
+    def _update_cache(lctx, cache, update, start):
+        i32 = ir.IntegerType.get_signless(32)
+        zero = stablehlo.constant(ir.DenseElementsAttr.get_splat(ir.RankedTensorType.get([], i32), ir.IntegerAttr.get(i32, 0)))
+        return stablehlo.dynamic_update_slice(cache, update, [zero, start, zero, zero])
+
+
+def signature_inputs(decoder: Decoder, length: int, kv_cache_length: int) -> dict[str, torch.Tensor]:
+    return {
+        "tokens": torch.zeros((1, length), dtype=torch.int32),
+        "input_pos": torch.arange(length, dtype=torch.int32),
+        **decoder.empty_cache(kv_cache_length),
+    }
+
+
+def convert_to_tflite(decoder: Decoder, prefill_lengths: list[int], kv_cache_length: int, out_path: Path) -> None:
+    """Write `out_path`: one `.tflite` holding prefill_{N} for each N and decode."""
+    import litert_torch
+
+    _register_lowerings()
+    litert_torch.config.show_progress = False
+    module = _SignatureModule(decoder).eval()
+    converter = litert_torch.Converter()
+    for n in sorted(prefill_lengths):
+        converter.signature(f"prefill_{n}", module, sample_kwargs=signature_inputs(decoder, n, kv_cache_length))
+    converter.signature("decode", module, sample_kwargs=signature_inputs(decoder, 1, kv_cache_length))
+    log_path = out_path.with_suffix(".log")
+    try:
+        with torch.no_grad(), native_output_to(log_path):
+            converter.convert().export(str(out_path))
+    except Exception as exc:
+        raise EdgeLLMError(f"litert_torch could not convert the model ({type(exc).__name__}: {str(exc).splitlines()[0]}); see {log_path}") from exc

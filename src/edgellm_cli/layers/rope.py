@@ -1,0 +1,48 @@
+"""Rotary position embedding, with the inverse frequencies built once and cos/sin taken at `input_pos`."""
+
+import math
+
+import torch
+from torch import nn
+
+from edgellm_cli.spec import RopeScaling
+
+
+def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+    # An explicit device: the model may be built under torch.device("meta"), but this is computed, not loaded.
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim
+    inv_freq = 1.0 / theta**exponents
+    if scaling is None:
+        return inv_freq.float()
+    return _llama3_scale(inv_freq, scaling).float()
+
+
+def _llama3_scale(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
+    # Long wavelengths are divided by `factor`, short ones kept, and the band between is blended.
+    low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    blended = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(is_medium, blended, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, theta: float, scaling: RopeScaling | None):
+        super().__init__()
+        self.register_buffer("inv_freq", inverse_frequencies(head_dim, theta, scaling), persistent=False)
+
+    def forward(self, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of shape [N, head_dim // 2] for positions `input_pos` [N]."""
+        angles = input_pos.float()[:, None] * self.inv_freq[None, :]
+        return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, N, heads, head_dim] in the Hugging Face half-split layout."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

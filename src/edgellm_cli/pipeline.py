@@ -1,0 +1,197 @@
+"""The build pipeline: fetch -> verify -> convert -> verify-tflite, each stage a cached artifact.
+
+Each stage's key hashes exactly what its output depends on, so a repeated build serves every
+stage from the cache, and a change (new weights, another prefill length) re-runs only the
+stages downstream of it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgellm_cli import __version__
+from edgellm_cli.cache import ArtifactCache, artifact_key, file_digest
+from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.fetch import locate_checkpoint
+from edgellm_cli.runtime import METADATA_FILE
+from edgellm_cli.spec import Architecture, ModelSpec, resolve_architecture
+
+STAGES = ("fetch", "verify", "convert", "verify-tflite")
+MODEL_FILE = "model.tflite"
+REPORT_FILE = "report.json"
+
+
+@dataclass
+class StageResult:
+    stage: str
+    key: str
+    path: Path
+    cached: bool
+    seconds: float
+    report: dict = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        return {"stage": self.stage, "key": self.key, "path": str(self.path), "cached": self.cached, "seconds": round(self.seconds, 3), **self.report}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+class Pipeline:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        checkpoint: Path | None = None,
+        token: str | None = None,
+        offline: bool | None = None,
+        cache: ArtifactCache | None = None,
+    ):
+        self.spec, self.checkpoint, self.token, self.offline = spec, checkpoint, token, offline
+        self.cache = cache or ArtifactCache()
+        self._results: dict[str, StageResult] = {}
+
+    def _stage(self, stage: str, inputs: dict, produce: Callable[[Path], dict]) -> StageResult:
+        """Serve `stage` from the cache, or run `produce(folder)` into a fresh artifact folder."""
+        started = time.perf_counter()
+        key = artifact_key(stage, inputs)
+        cached = self.cache.lookup(stage, key)
+        if cached is None:
+            with self.cache.writing(stage, key) as folder:
+                _write_json(folder / REPORT_FILE, produce(folder))
+        path = self.cache.path(stage, key)
+        result = StageResult(stage, key, path, cached is not None, time.perf_counter() - started, _read_json(path / REPORT_FILE))
+        self._results[stage] = result
+        return result
+
+    def _spec_inputs(self, exclude: set[str] | None = None) -> dict:
+        return self.spec.model_dump(mode="json", exclude=exclude)
+
+    # -- fetch ------------------------------------------------------------------------------
+    def fetch(self) -> StageResult:
+        folder = locate_checkpoint(self.spec, self.checkpoint, token=self.token, offline=self.offline)
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        fingerprint = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+        def produce(_: Path) -> dict:
+            from edgellm_cli.loader import Checkpoint, plan_weights
+            from edgellm_cli.tokenizer import resolve_special_tokens
+
+            arch = resolve_architecture(self.spec, folder)
+            checkpoint = Checkpoint.open(folder)
+            plan_weights(self.spec, arch, checkpoint)  # every name and shape checked before any later stage
+            tokenizer = folder / self.spec.tokenizer.file
+            if not tokenizer.is_file():
+                raise EdgeLLMError(f"checkpoint {folder.name}: tokenizer file {self.spec.tokenizer.file} is missing; fix tokenizer.file in the spec")
+            special = resolve_special_tokens(self.spec, folder)
+            return {
+                "checkpoint_dir": str(folder),
+                "file_digests": {p.name: file_digest(p) for p in files},
+                "architecture": arch.model_dump(mode="json"),
+                "special_tokens": {"bos_id": special.bos_id, "add_bos": special.add_bos, "stop_ids": special.stop_ids},
+            }
+
+        return self._stage("fetch", {"spec": self._spec_inputs(), "folder": str(folder), "files": fingerprint}, produce)
+
+    def _fetched(self) -> StageResult:
+        return self._results.get("fetch") or self.fetch()
+
+    def _model_inputs(self, exclude: set[str] | None = None) -> dict:
+        fetched = self._fetched().report
+        return {"spec": self._spec_inputs(exclude), "checkpoint": fetched["file_digests"]}
+
+    def _load_decoder(self):
+        from edgellm_cli.loader import Checkpoint, load_model
+
+        fetched = self._fetched().report
+        folder = Path(fetched["checkpoint_dir"])
+        arch = Architecture.model_validate(fetched["architecture"])
+        return load_model(self.spec, arch, Checkpoint.open(folder))
+
+    # -- verify -----------------------------------------------------------------------------
+    def verify(self) -> StageResult:
+        from edgellm_cli import verify
+
+        def produce(folder: Path) -> dict:
+            fetched = self._fetched().report
+            arch = fetched["architecture"]
+            tokens = verify.verification_tokens(arch["vocab_size"], self.spec.verify.num_tokens, fetched["special_tokens"]["bos_id"])
+            reference = verify.reference_logits(Path(fetched["checkpoint_dir"]), tokens)
+            ours = verify.reauthored_logits(self._load_decoder(), tokens)
+            np.save(folder / "reference_logits.npy", reference)
+            np.save(folder / "reauthored_logits.npy", ours)
+            report = {"tokens": tokens, "comparisons": {"reauthored_vs_transformers": verify.compare(ours, reference)}}
+            verify.check(report, self.spec.verify)
+            return report
+
+        return self._stage("verify", self._model_inputs(), produce)
+
+    # -- convert ----------------------------------------------------------------------------
+    def convert(self) -> StageResult:
+        from edgellm_cli.convert import convert_to_tflite
+
+        def produce(folder: Path) -> dict:
+            fetched = self._fetched().report
+            export = self.spec.export
+            convert_to_tflite(self._load_decoder(), export.prefill_lengths, export.kv_cache_length, folder / MODEL_FILE)
+            tokenizer = Path(fetched["checkpoint_dir"]) / self.spec.tokenizer.file
+            shutil.copyfile(tokenizer, folder / tokenizer.name)
+            metadata = {
+                "name": self.spec.name,
+                "edgellm_version": __version__,
+                "tokenizer": tokenizer.name,
+                **fetched["special_tokens"],
+                "prefill_lengths": sorted(export.prefill_lengths),
+                "kv_cache_length": export.kv_cache_length,
+            }
+            _write_json(folder / METADATA_FILE, metadata)
+            return {"model": MODEL_FILE, "size_bytes": (folder / MODEL_FILE).stat().st_size, **metadata}
+
+        # Verify tolerances do not change the model, so they stay out of its key.
+        return self._stage("convert", self._model_inputs(exclude={"verify"}), produce)
+
+    # -- verify-tflite ----------------------------------------------------------------------
+    def verify_tflite(self) -> StageResult:
+        from edgellm_cli import verify
+
+        verified, converted = self._results.get("verify") or self.verify(), self._results.get("convert") or self.convert()
+
+        def produce(_: Path) -> dict:
+            tokens = verified.report["tokens"]
+            logits = verify.tflite_logits(converted.path / MODEL_FILE, tokens)
+            report = {
+                "tokens": tokens,
+                "comparisons": {
+                    "tflite_vs_transformers": verify.compare(logits, np.load(verified.path / "reference_logits.npy")),
+                    "tflite_vs_reauthored": verify.compare(logits, np.load(verified.path / "reauthored_logits.npy")),
+                },
+            }
+            verify.check(report, self.spec.verify)
+            return report
+
+        inputs = {"verify": verified.key, "convert": converted.key, "limits": self.spec.verify.model_dump()}
+        return self._stage("verify-tflite", inputs, produce)
+
+    def stage(self, name: str) -> StageResult:
+        return {"fetch": self.fetch, "verify": self.verify, "convert": self.convert, "verify-tflite": self.verify_tflite}[name]()
+
+    def export_outputs(self, out_dir: Path) -> list[Path]:
+        """Copy the converted model with its tokenizer and metadata into `out_dir`."""
+        converted = self._results.get("convert") or self.convert()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        copied = []
+        for name in (MODEL_FILE, converted.report["tokenizer"], METADATA_FILE):
+            shutil.copyfile(converted.path / name, out_dir / name)
+            copied.append(out_dir / name)
+        return copied

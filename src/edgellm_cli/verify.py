@@ -1,0 +1,83 @@
+"""Verify stage: logits of the re-authored model and of the `.tflite` against `transformers`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgellm_cli.errors import EdgeLLMError, VerificationFailed
+from edgellm_cli.spec import VerifySection
+
+
+def verification_tokens(vocab_size: int, count: int, bos_id: int | None) -> list[int]:
+    """A fixed pseudo-random token sequence (same every run), starting with BOS when the model has one."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, vocab_size, size=count).tolist()
+    if bos_id is not None:
+        tokens[0] = bos_id
+    return tokens
+
+
+def reference_logits(checkpoint_dir: Path, tokens: list[int]) -> np.ndarray:
+    """Logits [len(tokens), vocab] of the original `transformers` model, in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32, attn_implementation="eager")
+    except (OSError, ValueError, KeyError) as exc:
+        raise EdgeLLMError(f"transformers cannot load {checkpoint_dir} as the reference ({str(exc).splitlines()[0]})") from None
+    with torch.no_grad():
+        return model.eval()(torch.tensor([tokens])).logits[0].float().numpy()
+
+
+def reauthored_logits(decoder, tokens: list[int]) -> np.ndarray:
+    """Our Decoder's logits for `tokens` in one prefill pass."""
+    import torch
+
+    with torch.no_grad():
+        out = decoder(
+            torch.tensor([tokens], dtype=torch.int32),
+            torch.arange(len(tokens), dtype=torch.int32),
+            decoder.empty_cache(len(tokens)),
+        )
+    return out["logits"][0].numpy()
+
+
+def tflite_logits(model_path: Path, tokens: list[int]) -> np.ndarray:
+    """The `.tflite`'s logits: the first half through a prefill signature, the rest through decode."""
+    from edgellm_cli.runtime import LiteRTModel
+
+    model = LiteRTModel(model_path)
+    if len(tokens) > model.kv_cache_length:
+        raise EdgeLLMError(f"verify.num_tokens ({len(tokens)}) exceeds the KV cache ({model.kv_cache_length}); lower it in the spec")
+    cache = model.empty_cache()
+    split = max(1, len(tokens) // 2)
+    rows = [model.prefill(tokens[:split], 0, cache)]
+    rows += [model.decode(t, split + i, cache)[None] for i, t in enumerate(tokens[split:])]
+    return np.concatenate(rows)
+
+
+def compare(candidate: np.ndarray, reference: np.ndarray) -> dict:
+    """max |Δlogit| and the share of positions whose arg-max token agrees."""
+    return {
+        "max_abs_logit_diff": float(np.abs(candidate - reference).max()),
+        "top1_agreement": float((candidate.argmax(-1) == reference.argmax(-1)).mean()),
+        "positions": int(reference.shape[0]),
+    }
+
+
+def passes(metrics: dict, limits: VerifySection) -> bool:
+    return metrics["max_abs_logit_diff"] <= limits.max_abs_logit_diff and metrics["top1_agreement"] >= limits.min_top1_agreement
+
+
+def check(report: dict, limits: VerifySection) -> None:
+    """Raise VerificationFailed naming the first comparison beyond tolerance."""
+    for name, metrics in report["comparisons"].items():
+        if not passes(metrics, limits):
+            raise VerificationFailed(
+                f"{name}: max |Δlogit| {metrics['max_abs_logit_diff']:.3g} (limit {limits.max_abs_logit_diff:g}), "
+                f"top-1 agreement {metrics['top1_agreement']:.1%} (limit {limits.min_top1_agreement:.0%}); "
+                "the spec's architecture or weight mapping does not match the checkpoint"
+            )
