@@ -165,13 +165,13 @@ def run(model, tokenizer, prompt, max_tokens, temperature, top_k, top_p, seed, s
     from edgellm_cli.runtime import LiteRTModel, Sampler, generate, read_metadata
     from edgellm_cli.tokenizer import StreamDecoder, load_tokenizer
 
+    litert = LiteRTModel(model, num_threads=threads)
     metadata = read_metadata(model)
     if tokenizer is None:
         if "tokenizer" not in metadata:
             raise click.UsageError("no edgellm.json beside the model names its tokenizer; pass --tokenizer")
         tokenizer = model.parent / metadata["tokenizer"]
     tok = load_tokenizer(tokenizer)
-    litert = LiteRTModel(model, num_threads=threads)
     prompt_ids = ([metadata["bos_id"]] if metadata.get("add_bos", True) and metadata.get("bos_id") is not None else []) + tok.encode(prompt)
     stops = list(stop_ids) or metadata.get("stop_ids", [])
     sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

@@ -139,9 +139,9 @@ class Pipeline:
 
     # -- convert ----------------------------------------------------------------------------
     def convert(self) -> StageResult:
-        from edgellm_cli.convert import convert_to_tflite
-
         def produce(folder: Path) -> dict:
+            from edgellm_cli.convert import convert_to_tflite  # torch and litert_torch: only when not cached
+
             fetched = self._fetched().report
             export = self.spec.export
             convert_to_tflite(self._load_decoder(), export.prefill_lengths, export.kv_cache_length, folder / MODEL_FILE)

@@ -38,16 +38,19 @@ class LiteRTModel:
         inputs = self._runners["decode"].get_input_details()
         self.cache_specs = {name: (tuple(d["shape"]), d["dtype"]) for name, d in inputs.items() if name.startswith("kv_cache_")}
         self.kv_cache_length = int(next(iter(self.cache_specs.values()))[0][1])
+        self._delegate_ready = False
 
     def empty_cache(self) -> dict[str, np.ndarray]:
         return {name: np.zeros(shape, dtype) for name, (shape, dtype) in self.cache_specs.items()}
 
     def _run(self, signature: str, tokens: list[int], start: int, cache: dict[str, np.ndarray]) -> np.ndarray:
-        outputs = self._runners[signature](
-            tokens=np.array([tokens], dtype=np.int32),
-            input_pos=np.arange(start, start + len(tokens), dtype=np.int32),
-            **cache,
-        )
+        inputs = {"tokens": np.array([tokens], dtype=np.int32), "input_pos": np.arange(start, start + len(tokens), dtype=np.int32)}
+        if self._delegate_ready:
+            outputs = self._runners[signature](**inputs, **cache)
+        else:
+            with native_output_to():  # the first invoke creates the XNNPACK delegate, which LiteRT announces
+                outputs = self._runners[signature](**inputs, **cache)
+            self._delegate_ready = True
         cache.update({name: outputs[name] for name in self.cache_specs})
         return outputs["logits"][0]
 

@@ -174,7 +174,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    return _deep_merge(_read_yaml((path.parent / parent).resolve(), seen + (path,)), data)
+    merged = _deep_merge(_read_yaml((path.parent / parent).resolve(), seen + (path,)), data)
+    if "source" in data:  # a source is one choice (hub or path), replaced whole, never mixed
+        merged["source"] = data["source"]
+    return merged
 
 
 def _describe(error: dict) -> str:

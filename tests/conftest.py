@@ -1,0 +1,99 @@
+"""Shared fixtures: real assets from ../shared/assets, the real CLI in a subprocess, a private cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO.parent / "shared" / "assets"
+DEMO = REPO / "demo" / "stories260K"
+SPECS = REPO / "model_specs"
+EXPECTED_GREEDY = "checkpoints/stories260K-llama2c/expected_greedy_200steps.txt"
+
+
+def asset(relative: str) -> Path:
+    path = ASSETS / relative
+    if not path.exists():
+        pytest.skip(f"shared asset {relative} is absent (expected at {ASSETS}); see DEVELOPERS.md")
+    return path
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def run_cli(*args: str, cache: Path, env: dict | None = None, cwd: Path = REPO) -> Result:
+    """Run the installed `edgellm` entry point for real, as a user or CI would."""
+    full_env = {**os.environ, "EDGELLM_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", **(env or {})}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "edgellm_cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=900
+    )
+    return Result(done.returncode, done.stdout, done.stderr, time.perf_counter() - started)
+
+
+def cache_files(cache: Path) -> list[Path]:
+    return [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+
+
+@pytest.fixture
+def cache(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def demo_copy(tmp_path) -> Path:
+    """A writable copy of the demo checkpoint, for tests that damage it."""
+    folder = tmp_path / "stories260K"
+    shutil.copytree(DEMO, folder)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    return folder
+
+
+@dataclass
+class Build:
+    cache: Path
+    output: Path
+    first: Result
+    second: Result
+
+
+@pytest.fixture(scope="session")
+def stories_build(tmp_path_factory) -> Build:
+    """stories260K built once through the CLI (the slow part: a real conversion), then built again."""
+    root = tmp_path_factory.mktemp("stories")
+    cache, output = root / "cache", root / "out"
+    first = run_cli("build", "--spec", str(SPECS / "stories260k.yaml"), "-o", str(output), "--json", cache=cache)
+    assert first.code == 0, first.stderr
+    second = run_cli("build", "--spec", str(SPECS / "stories260k.yaml"), "-o", str(output), cache=cache)
+    assert second.code == 0, second.stderr
+    return Build(cache, output, first, second)
+
+
+def tiny_llama(folder: Path, tokenizer: Path = DEMO / "tokenizer.model", save_kwargs: dict | None = None, **config) -> Path:
+    """A random-weight checkpoint written by transformers' own LlamaForCausalLM.save_pretrained."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    defaults = dict(
+        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**{**defaults, **config}))
+    model.save_pretrained(folder, **(save_kwargs or {}))
+    shutil.copyfile(tokenizer, folder / tokenizer.name)
+    return folder

@@ -1,0 +1,58 @@
+"""End to end on the real stories260K model: build, signatures, verify reports, cache, generated text."""
+
+import json
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+from conftest import EXPECTED_GREEDY, asset, run_cli
+
+from edgellm_cli.pipeline import STAGES
+
+
+def test_build_writes_exactly_the_requested_signatures_with_convention_names(stories_build):
+    interpreter = Interpreter(model_path=str(stories_build.output / "model.tflite"))
+    signatures = interpreter.get_signature_list()
+    assert set(signatures) == {"prefill_8", "prefill_32", "decode"}
+    caches = {f"kv_cache_{kind}_{i}" for i in range(5) for kind in "kv"}
+    for name, io in signatures.items():
+        assert set(io["inputs"]) == {"tokens", "input_pos"} | caches, name
+        assert set(io["outputs"]) == {"logits"} | caches, name
+    for n, name in [(8, "prefill_8"), (32, "prefill_32"), (1, "decode")]:
+        details = interpreter.get_signature_runner(name).get_input_details()
+        assert list(details["tokens"]["shape"]) == [1, n] and details["tokens"]["dtype"] == np.int32
+        assert list(details["input_pos"]["shape"]) == [n] and details["input_pos"]["dtype"] == np.int32
+        assert list(details["kv_cache_k_0"]["shape"]) == [1, 256, 4, 8]
+
+
+def test_build_report_meets_the_acceptance_tolerances(stories_build):
+    report = json.loads(stories_build.first.stdout)
+    assert [s["stage"] for s in report["stages"]] == list(STAGES)
+    assert not any(s["cached"] for s in report["stages"])
+    comparisons = {}
+    for stage in report["stages"]:
+        comparisons.update(stage.get("comparisons", {}))
+    assert set(comparisons) == {"reauthored_vs_transformers", "tflite_vs_transformers", "tflite_vs_reauthored"}
+    for name, metrics in comparisons.items():
+        assert metrics["top1_agreement"] == 1.0, name
+        assert metrics["max_abs_logit_diff"] <= 1e-3, name
+        assert metrics["positions"] == 32
+
+
+def test_second_build_is_served_from_the_cache_and_says_so(stories_build):
+    lines = [line.split() for line in stories_build.second.stderr.splitlines() if line.strip().split()[:1] in ([s] for s in STAGES)]
+    assert [(words[0], words[1]) for words in lines] == [(stage, "cached") for stage in STAGES]
+
+
+def test_run_greedy_from_bos_prints_the_llama2c_reference_text(stories_build):
+    expected = asset(EXPECTED_GREEDY).read_text()
+    result = run_cli("run", str(stories_build.output / "model.tflite"), "--max-tokens", "200", cache=stories_build.cache)
+    assert result.code == 0, result.stderr
+    assert result.stdout.rstrip("\n") == expected.rstrip("\n")
+    assert "200 tokens" in result.stderr
+
+
+def test_run_json_reports_tokens_and_text(stories_build):
+    result = run_cli("run", str(stories_build.output / "model.tflite"), "--prompt", "Lily", "--max-tokens", "12", "--json", cache=stories_build.cache)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["tokens"]) == 12 and report["text"] and report["tokens_per_second"] > 0

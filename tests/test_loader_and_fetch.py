@@ -1,0 +1,91 @@
+"""Checkpoint formats (single, sharded, .bin) and the fetch stage (local folder, local hub cache)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import DEMO, SPECS, cache_files, run_cli, tiny_llama
+
+from safetensors.torch import load_file
+
+from edgellm_cli.cache import ArtifactCache
+from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.fetch import locate_checkpoint
+from edgellm_cli.loader import Checkpoint
+from edgellm_cli.pipeline import Pipeline
+from edgellm_cli.spec import load_spec
+
+TINYLLAMA = SPECS / "tinyllama-1.1b.yaml"
+
+
+def as_pytorch_bin(folder):
+    """transformers 5 saves only safetensors; older checkpoints ship the same tensors pickled."""
+    weights = folder / "model.safetensors"
+    torch.save(load_file(weights), folder / "pytorch_model.bin")
+    weights.unlink()
+
+
+@pytest.mark.parametrize("layout", ["sharded", "bin"])
+def test_checkpoint_formats_load_and_verify(tmp_path, layout):
+    save_kwargs = {"max_shard_size": "100KB"} if layout == "sharded" else {}
+    folder = tiny_llama(tmp_path / "ckpt", save_kwargs=save_kwargs, tie_word_embeddings=False)
+    if layout == "bin":
+        as_pytorch_bin(folder)
+    checkpoint = Checkpoint.open(folder)
+    if layout == "sharded":
+        assert (folder / "model.safetensors.index.json").is_file() and len(checkpoint.files()) > 1
+    else:
+        assert checkpoint.files() == ["pytorch_model.bin"]
+    pipeline = Pipeline(load_spec(TINYLLAMA), checkpoint=folder, cache=ArtifactCache(tmp_path / "cache"))
+    metrics = pipeline.verify().report["comparisons"]["reauthored_vs_transformers"]
+    assert metrics["top1_agreement"] == 1.0 and metrics["max_abs_logit_diff"] <= 1e-4
+
+
+def test_folder_without_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(EdgeLLMError, match="no weights found"):
+        Checkpoint.open(tmp_path)
+
+
+def lay_out_hub_cache(hub_cache, repo_id, revision_name, commit="0123456789abcdef0123456789abcdef01234567"):
+    """The layout huggingface_hub itself writes: blobs, snapshots/<commit>/, refs/<revision>."""
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(DEMO, snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / revision_name).write_text(commit)
+    return snapshot
+
+
+def hub_spec(tmp_path, repo_id="karpathy/stories260K", revision="main"):
+    path = tmp_path / "hub.yaml"
+    path.write_text(
+        f"extends: {SPECS / 'stories260k.yaml'}\nname: hub-stories\nsource:\n  hub:\n    repo_id: {repo_id}\n    revision: {revision}\n"
+    )
+    return str(path)
+
+
+def test_fetch_from_local_hub_cache_offline(tmp_path, cache):
+    hub_cache = tmp_path / "hub"
+    snapshot = lay_out_hub_cache(hub_cache, "karpathy/stories260K", "main")
+    result = run_cli("fetch", "--spec", hub_spec(tmp_path), "--json", cache=cache, env={"HF_HUB_CACHE": str(hub_cache)})
+    assert result.code == 0, result.stderr
+    fetched = json.loads(result.stdout)["stages"][0]
+    assert fetched["checkpoint_dir"] == str(snapshot)
+    assert fetched["architecture"]["num_layers"] == 5
+
+
+@pytest.mark.parametrize("repo_id, revision", [("nobody/nothing", "main"), ("karpathy/stories260K", "v2")])
+def test_fetch_of_what_the_offline_hub_cache_lacks_says_what_to_do(tmp_path, cache, repo_id, revision):
+    hub_cache = tmp_path / "hub"
+    lay_out_hub_cache(hub_cache, "karpathy/stories260K", "main")
+    result = run_cli("fetch", "--spec", hub_spec(tmp_path, repo_id, revision), cache=cache, env={"HF_HUB_CACHE": str(hub_cache)})
+    assert result.code == 2
+    assert result.stderr.count("\n") == 1 and f"{repo_id}@{revision}" in result.stderr and "--checkpoint" in result.stderr
+    assert cache_files(cache) == []
+
+
+def test_hub_source_and_local_override(tmp_path):
+    spec = load_spec(hub_spec(tmp_path))
+    assert spec.source.path is None and spec.source.hub.repo_id == "karpathy/stories260K"
+    assert locate_checkpoint(spec, checkpoint=DEMO) == DEMO
