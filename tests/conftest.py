@@ -34,12 +34,12 @@ class Result:
     seconds: float
 
 
-def run_cli(*args: str, cache: Path, env: dict | None = None, cwd: Path = REPO) -> Result:
+def run_cli(*args: str, cache: Path, env: dict | None = None, cwd: Path = REPO, stdin: str | None = None) -> Result:
     """Run the installed `edgellm` entry point for real, as a user or CI would."""
     full_env = {**os.environ, "EDGELLM_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", **(env or {})}
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "edgellm_cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=900
+        [sys.executable, "-m", "edgellm_cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=900, input=stdin or ""
     )
     return Result(done.returncode, done.stdout, done.stderr, time.perf_counter() - started)
 
@@ -82,18 +82,3 @@ def stories_build(tmp_path_factory) -> Build:
     assert second.code == 0, second.stderr
     return Build(cache, output, first, second)
 
-
-def tiny_llama(folder: Path, tokenizer: Path = DEMO / "tokenizer.model", save_kwargs: dict | None = None, **config) -> Path:
-    """A random-weight checkpoint written by transformers' own LlamaForCausalLM.save_pretrained."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    defaults = dict(
-        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**{**defaults, **config}))
-    model.save_pretrained(folder, **(save_kwargs or {}))
-    shutil.copyfile(tokenizer, folder / tokenizer.name)
-    return folder

@@ -5,16 +5,16 @@ import shutil
 
 import pytest
 import torch
-from conftest import DEMO, SPECS, cache_files, run_cli, tiny_llama
-
+from conftest import DEMO, SPECS, cache_files, run_cli
 from safetensors.torch import load_file
+from tiny_models import make_tiny_checkpoint
 
 from edgellm_cli.cache import ArtifactCache
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.fetch import locate_checkpoint
-from edgellm_cli.loader import Checkpoint
+from edgellm_cli.loader import Checkpoint, plan_weights
 from edgellm_cli.pipeline import Pipeline
-from edgellm_cli.spec import load_spec
+from edgellm_cli.spec import load_spec, resolve_architecture
 
 TINYLLAMA = SPECS / "tinyllama-1.1b.yaml"
 
@@ -28,8 +28,7 @@ def as_pytorch_bin(folder):
 
 @pytest.mark.parametrize("layout", ["sharded", "bin"])
 def test_checkpoint_formats_load_and_verify(tmp_path, layout):
-    save_kwargs = {"max_shard_size": "100KB"} if layout == "sharded" else {}
-    folder = tiny_llama(tmp_path / "ckpt", save_kwargs=save_kwargs, tie_word_embeddings=False)
+    folder = make_tiny_checkpoint("tinyllama-1.1b", tmp_path / "ckpt", "tokenizer.model", max_shard_size="100KB" if layout == "sharded" else None)
     if layout == "bin":
         as_pytorch_bin(folder)
     checkpoint = Checkpoint.open(folder)
@@ -89,3 +88,52 @@ def test_hub_source_and_local_override(tmp_path):
     spec = load_spec(hub_spec(tmp_path))
     assert spec.source.path is None and spec.source.hub.repo_id == "karpathy/stories260K"
     assert locate_checkpoint(spec, checkpoint=DEMO) == DEMO
+
+
+@pytest.fixture(scope="module")
+def tiny_phi3(tmp_path_factory):
+    return make_tiny_checkpoint("phi-3-mini", tmp_path_factory.mktemp("phi3") / "ckpt", "tokenizer.model")
+
+
+def phi3_spec_with(tmp_path, body):
+    path = tmp_path / "fused.yaml"
+    path.write_text(f"extends: {SPECS / 'phi-3-mini.yaml'}\n{body}")
+    return load_spec(path)
+
+
+def test_fused_tensor_parts_are_sliced_by_our_shapes(tiny_phi3):
+    spec = load_spec(SPECS / "phi-3-mini.yaml")
+    arch = resolve_architecture(spec, tiny_phi3)
+    plan = plan_weights(spec, arch, Checkpoint.open(tiny_phi3))
+    q, k, v = (plan[f"blocks.0.attn.{n}.weight"] for n in "qkv")
+    assert (q.start, q.stop, k.start, k.stop, v.start, v.stop) == (0, 64, 64, 96, 96, 128)  # 4 q heads, 2 kv heads of 16
+    assert plan["blocks.1.mlp.up.weight"].start == 96
+
+
+def test_fused_parts_must_be_numbered_from_zero(tmp_path, tiny_phi3):
+    spec = phi3_spec_with(tmp_path, 'weights:\n  blocks.{layer}.attn.v.weight: {from: "model.layers.{layer}.self_attn.qkv_proj.weight", part: 3}\n')
+    with pytest.raises(EdgeLLMError, match=r"parts of model.layers.0.self_attn.qkv_proj.weight .* numbered 0..2"):
+        plan_weights(spec, resolve_architecture(spec, tiny_phi3), Checkpoint.open(tiny_phi3))
+
+
+def test_fused_tensor_shape_mismatch_names_all_parts(tmp_path, tiny_phi3):
+    spec = phi3_spec_with(tmp_path, "architecture:\n  num_kv_heads: 4\n")
+    with pytest.raises(EdgeLLMError, match=r"qkv_proj.weight has shape \[128, 64\] but blocks.0.attn.q.weight, blocks.0.attn.k.weight, blocks.0.attn.v.weight need \[192, 64\]"):
+        plan_weights(spec, resolve_architecture(spec, tiny_phi3), Checkpoint.open(tiny_phi3))
+
+
+def test_transposed_tensor_rule(tmp_path):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(DEMO, folder)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.0.mlp.down_proj.weight"] = tensors["model.layers.0.mlp.down_proj.weight"].t().contiguous()
+    from safetensors.torch import save_file
+
+    (folder / "model.safetensors").chmod(0o644)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    path = tmp_path / "t.yaml"
+    path.write_text(f"extends: {SPECS / 'stories260k.yaml'}\nweights:\n  blocks.0.mlp.down.weight: {{from: model.layers.0.mlp.down_proj.weight, transpose: true}}\n")
+    spec = load_spec(path)
+    plan = plan_weights(spec, resolve_architecture(spec, folder), Checkpoint.open(folder))
+    assert plan["blocks.0.mlp.down.weight"].transpose
+    assert tuple(plan["blocks.0.mlp.down.weight"].read(Checkpoint.open(folder)).shape) == (64, 172)

@@ -1,12 +1,17 @@
-"""The LiteRT runtime path: prefill choice and chunking, sampling, streaming detokenisation."""
+"""The LiteRT runtime path: in-place KV cache, prefill choice and chunking, sampling, sessions,
+streaming detokenisation, chat templates, and the run / chat / bench commands."""
+
+import json
 
 import numpy as np
 import pytest
-from conftest import DEMO, asset
+from conftest import DEMO, EXPECTED_GREEDY, asset, run_cli
 
 from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.runtime import LiteRTModel, Sampler, generate
-from edgellm_cli.tokenizer import StreamDecoder, Tokenizer
+from edgellm_cli.runtime import LiteRTModel, Sampler, Session, generate
+from edgellm_cli.tokenizer import TextStream, Tokenizer, encode_with_specials, render_chat
+
+STORY = "Once upon a time there was a big dog who liked to run in the park with his friends. One day he saw a cat and they played"
 
 
 @pytest.fixture(scope="module")
@@ -14,43 +19,83 @@ def model(stories_build):
     return LiteRTModel(stories_build.output / "model.tflite")
 
 
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer(DEMO / "tokenizer.model")
+
+
+def greedy_ids(model, prompt, count):
+    return list(generate(model, prompt, count, Sampler(), stop_ids=[]))
+
+
 def test_signature_discovery(model):
     assert model.prefill_signatures == {8: "prefill_8", 32: "prefill_32"}
-    assert model.kv_cache_length == 256 and len(model.cache_specs) == 10
+    assert model.kv_cache_length == 256 and len(model.cache_names) == 10 and model.vocab_size == 512
 
 
-def test_chunked_prefill_matches_token_by_token_decode(model):
-    tokens = Tokenizer(DEMO / "tokenizer.model").encode("Once upon a time there was a big dog who liked to run in the park with his friends. One day he saw a cat and they played")
-    tokens = [1] + tokens
+def test_chunked_prefill_matches_token_by_token_decode(model, tokenizer):
+    tokens = [1] + tokenizer.encode(STORY)
     assert len(tokens) > 32  # forces chunks: prefill_32, then the rest
-    chunked = model.prefill(tokens, 0, model.empty_cache())
-    cache = model.empty_cache()
-    stepwise = np.stack([model.decode(t, i, cache) for i, t in enumerate(tokens)])
+    model.reset()
+    chunked = model.prefill(tokens, 0)
+    model.reset()
+    stepwise = np.stack([model.decode(t, i) for i, t in enumerate(tokens)])
     np.testing.assert_allclose(chunked, stepwise, atol=1e-4)
 
 
 def test_prefill_plan_picks_the_smallest_signature_that_holds_the_prompt(model):
-    assert model._prefill_plan(5, 0) == ("prefill_8", 5)
-    assert model._prefill_plan(9, 0) == ("prefill_32", 9)
-    assert model._prefill_plan(40, 0) == ("prefill_32", 32)
-    assert model._prefill_plan(3, 250) == ("decode", 1)  # padding to 8 would run past the cache
+    assert model.prefill_plan(5, 0) == ("prefill_8", 5)
+    assert model.prefill_plan(9, 0) == ("prefill_32", 9)
+    assert model.prefill_plan(40, 0) == ("prefill_32", 32)
+    assert model.prefill_plan(3, 250) == ("decode", 1)  # padding to 8 would run past the cache
+
+
+def test_greedy_continuation_is_the_same_through_small_prefill_chunks(stories_build, model):
+    reference = greedy_ids(model, [1], 120)
+    small = LiteRTModel(stories_build.output / "model.tflite", max_prefill=8)
+    assert small.prefill_signatures == {8: "prefill_8"}
+    assert greedy_ids(small, [1] + reference[:45], 75) == reference[45:]
+
+
+def test_run_with_chunked_prefill_prints_the_rest_of_the_reference_story(stories_build, tokenizer):
+    expected = asset(EXPECTED_GREEDY).read_text()
+    prompt = tokenizer.decode(tokenizer.encode(expected)[:45])
+    result = run_cli("run", str(stories_build.output / "model.tflite"), "--max-prefill", "8", "--prompt", prompt,
+                     "--max-tokens", "155", cache=stories_build.cache)
+    assert result.code == 0, result.stderr
+    assert (prompt + result.stdout).rstrip("\n") == expected.rstrip("\n")
 
 
 def test_seeded_sampling_is_reproducible_and_seeds_differ(model):
     def sample(seed):
-        return list(generate(model, [1], 40, Sampler(temperature=1.0, top_p=0.95, seed=seed), stop_ids=[]))
+        sampler = Sampler(temperature=1.0, top_p=0.95, min_p=0.01, repetition_penalty=1.1, seed=seed)
+        return list(generate(model, [1], 40, sampler, stop_ids=[]))
 
     assert sample(7) == sample(7)
     assert sample(7) != sample(8)
 
 
-def test_top_k_one_is_greedy(model):
-    greedy = list(generate(model, [1], 30, Sampler(), stop_ids=[]))
-    assert list(generate(model, [1], 30, Sampler(temperature=0.7, top_k=1, seed=3), stop_ids=[])) == greedy
+@pytest.mark.parametrize("sampler", [Sampler(temperature=0.7, top_k=1, seed=3), Sampler(temperature=2.0, min_p=1.0, seed=3)])
+def test_samplers_that_keep_one_token_are_greedy(model, sampler):
+    assert list(generate(model, [1], 30, sampler, stop_ids=[])) == greedy_ids(model, [1], 30)
+
+
+def test_repetition_penalty_changes_greedy_output_and_avoids_repeats(model):
+    penalised = list(generate(model, [1], 30, Sampler(repetition_penalty=1e6), stop_ids=[]))
+    assert len(set(penalised)) == len(penalised)
+    assert penalised != greedy_ids(model, [1], 30)
+
+
+def test_sampler_filters_in_isolation():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    draws = {Sampler(temperature=1.0, top_p=0.7, seed=s)(logits) for s in range(200)}
+    assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.7: the nucleus is the two best
+    draws = {Sampler(temperature=1.0, min_p=0.5, seed=s)(logits) for s in range(200)}
+    assert draws == {0, 1}  # 0.3 >= 0.5 * 0.5; 0.15 is not
 
 
 def test_generation_stops_at_a_stop_token(model):
-    greedy = list(generate(model, [1], 30, Sampler(), stop_ids=[]))
+    greedy = greedy_ids(model, [1], 30)
     assert list(generate(model, [1], 30, Sampler(), stop_ids=[greedy[5]])) == greedy[: greedy.index(greedy[5])]
 
 
@@ -59,11 +104,90 @@ def test_prompt_past_the_cache_is_a_clear_error(model):
         list(generate(model, [1] * 100, 200, Sampler(), stop_ids=[]))
 
 
+def test_session_reuses_the_cached_prefix_and_matches_a_fresh_prefill(model, tokenizer):
+    turn1, turn2 = [1] + tokenizer.encode("Lily had a cat."), tokenizer.encode(" The cat was happy.")
+    session = Session(model)
+    session.feed(turn1)
+    reply = list(session.generate(10, Sampler(), stop_ids=[]))
+    transcript = turn1 + reply + turn2
+    session.feed(transcript)
+    assert session.computed == len(turn2) + 1  # the new turn and the reply's last token, nothing before
+    continued = list(session.generate(20, Sampler(), stop_ids=[]))
+    assert continued == greedy_ids(model, transcript, 20)
+
+
 def test_streaming_keeps_multibyte_utf8_whole():
     tokenizer = Tokenizer(asset("tokenizers/llama2-spm/tokenizer.model"))
     text = "Grüße, 世界! 🙂 naïve café"
-    ids = tokenizer.encode(text)
-    stream = StreamDecoder(tokenizer)
-    pieces = [stream.push(i) for i in ids]
+    stream = TextStream(tokenizer)
+    pieces = [stream.push(i) for i in tokenizer.encode(text)] + [stream.flush()]
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)
+
+
+def test_streaming_byte_level_bpe_round_trips():
+    tokenizer = Tokenizer(asset("tokenizers/phi-2/tokenizer.json"))
+    text = "def f(x):\n    return x ** 2  # naïve 🙂 ünïcödé\n\n\tend"
+    stream = TextStream(tokenizer)
+    assert "".join([stream.push(i) for i in tokenizer.encode(text)] + [stream.flush()]) == text
+
+
+def test_stop_string_ends_the_text_before_it(tokenizer):
+    stream = TextStream(tokenizer, stop_strings=["park"])
+    pieces = []
+    for token in tokenizer.encode("She went to the park and played."):
+        pieces.append(stream.push(token))
+        if stream.stopped:
+            break
+    assert stream.stopped and "".join(pieces) == "She went to the "
+
+
+def test_held_back_prefix_of_a_stop_string_is_released_at_the_end(tokenizer):
+    stream = TextStream(tokenizer, stop_strings=["The end"])
+    text = "".join(stream.push(t) for t in tokenizer.encode("It was The")) + stream.flush()
+    assert text == "It was The" and not stream.stopped
+
+
+@pytest.mark.parametrize("folder", ["qwen2", "phi-3-mini"])
+def test_chat_template_renders_as_transformers_does(folder):
+    from transformers import AutoTokenizer
+
+    path = asset(f"tokenizers/{folder}")
+    reference = AutoTokenizer.from_pretrained(path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye?"}]
+    expected = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    strings = {"bos_token": config.get("bos_token") or "", "eos_token": config.get("eos_token") or ""}
+    assert render_chat(config["chat_template"], messages, strings) == expected
+
+
+def test_special_token_strings_become_their_ids(tokenizer):
+    assert encode_with_specials(tokenizer, "<s>Lily<s>", {"<s>": 1}) == [1, *tokenizer.encode("Lily"), 1]
+
+
+def test_chat_command_keeps_the_cache_between_turns(stories_build, tmp_path):
+    template = tmp_path / "story.jinja"
+    template.write_text("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    result = run_cli("chat", str(stories_build.output / "model.tflite"), "--chat-template", str(template), "--max-tokens", "12",
+                     cache=stories_build.cache, stdin="Lily saw a dog.\nThe dog ran away.\n")
+    assert result.code == 0, result.stderr
+    stats = [line for line in result.stderr.splitlines() if "reused" in line]
+    assert len(stats) == 2 and "0 reused" in stats[0] and "0 reused" not in stats[1]
+    assert len(result.stdout.strip().splitlines()) >= 2
+
+
+def test_chat_without_a_template_says_how_to_give_one(stories_build):
+    result = run_cli("chat", str(stories_build.output / "model.tflite"), cache=stories_build.cache, stdin="hi\n")
+    assert result.code == 2 and "--chat-template" in result.stderr
+
+
+def test_bench_reports_every_measurement(stories_build):
+    result = run_cli("bench", str(stories_build.output / "model.tflite"), "--threads", "1", "--decode-tokens", "32",
+                     "--repeats", "1", "--json", cache=stories_build.cache)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["prefill"]) == {"prefill_8", "prefill_32"}
+    assert all(row["tokens_per_second"] > 0 for row in report["prefill"].values())
+    assert report["decode_tokens_per_second"] > 0 and report["raw_decode_tokens_per_second"] > 0
+    assert report["time_to_first_token_ms"] > 0 and report["peak_rss_mb"] > 0 and report["threads"] == 1

@@ -20,7 +20,7 @@ EXAMPLES = """
 Examples:
   edgellm build --spec model_specs/stories260k.yaml        # fetch, verify, convert, verify .tflite
   edgellm run build/stories260k/model.tflite --max-tokens 200
-  edgellm build --spec model_specs/llama-3.2-1b.yaml --checkpoint ./Llama-3.2-1B --json
+  edgellm build --spec MODEL_NAME --checkpoint ./local-checkpoint --json   # a shipped spec, local weights
 """
 
 
@@ -113,7 +113,7 @@ def cli() -> None:
 
 @cli.command(epilog="\b\nExample:\n  edgellm build --spec model_specs/stories260k.yaml -o build/stories260k")
 @pipeline_options
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Copy model.tflite, tokenizer and edgellm.json here (default: build/<spec name>).")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Write model.tflite, tokenizer and edgellm.json here (default: build/<spec name>).")
 def build(spec_path, checkpoint, token, offline, as_json, output) -> None:
     """Run fetch -> verify -> convert -> verify-tflite, skipping stages already cached."""
     from edgellm_cli.pipeline import STAGES
@@ -122,7 +122,7 @@ def build(spec_path, checkpoint, token, offline, as_json, output) -> None:
     _run_stages(STAGES, spec_path, checkpoint, token, offline, as_json, output)
 
 
-@cli.command(epilog="\b\nExample:\n  HF_HUB_OFFLINE=1 edgellm fetch --spec model_specs/smollm2-135m.yaml")
+@cli.command(epilog="\b\nExample:\n  HF_HUB_OFFLINE=1 edgellm fetch --spec model_specs/MODEL.yaml")
 @pipeline_options
 def fetch(spec_path, checkpoint, token, offline, as_json) -> None:
     """Locate or download the checkpoint and check its tensors against the spec."""
@@ -140,55 +140,174 @@ def verify(spec_path, checkpoint, token, offline, as_json, with_tflite) -> None:
 
 @cli.command(epilog="\b\nExample:\n  edgellm convert --spec model_specs/stories260k.yaml -o out/")
 @pipeline_options
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Copy model.tflite, tokenizer and edgellm.json here.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Write model.tflite, tokenizer and edgellm.json here (default: build/<spec name>).")
 def convert(spec_path, checkpoint, token, offline, as_json, output) -> None:
     """Convert to one .tflite with prefill_N and decode signatures (no verification)."""
+    output = output or Path("build") / _load_spec(spec_path).name
     _run_stages(["convert"], spec_path, checkpoint, token, offline, as_json, output)
 
 
-@cli.command(epilog="\b\nExamples:\n  edgellm run build/stories260k/model.tflite --max-tokens 200\n  edgellm run model.tflite --tokenizer tokenizer.model --prompt 'Once' --temperature 0.8 --seed 1")
+def sampling_options(func):
+    """Sampling and stopping options shared by `run` and `chat`."""
+    decorators = [
+        click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(min=1), help="New tokens to generate at most."),
+        click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0 is greedy."),
+        click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0), help="Keep the k most likely tokens (0: all)."),
+        click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Keep the smallest set with this probability mass."),
+        click.option("--min-p", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Drop tokens below this share of the top token's probability."),
+        click.option("--repetition-penalty", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Above 1 discourages tokens already seen."),
+        click.option("--seed", type=int, help="Seed for sampling, for reproducible output."),
+        click.option("--stop-id", "stop_ids", multiple=True, type=int, help="Stop at this token id (repeatable; replaces the model's stop ids)."),
+        click.option("--stop", "stop_strings", multiple=True, help="Stop when the text contains this string (repeatable)."),
+        click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="tokenizer.model or tokenizer.json (default: the one beside MODEL)."),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: LiteRT's choice)."),
+        click.option("--max-prefill", type=click.IntRange(min=1), help="Use only prefill signatures up to this length (longer prompts go in chunks)."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+class _Generation:
+    """What `run` and `chat` share: the model, its tokenizer and metadata, sampler and stops."""
+
+    def __init__(self, model: Path, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling):
+        from edgellm_cli.runtime import LiteRTModel, Sampler, read_metadata
+        from edgellm_cli.tokenizer import load_tokenizer
+
+        self.litert = LiteRTModel(model, num_threads=threads, max_prefill=max_prefill)
+        self.metadata = read_metadata(model)
+        if tokenizer is None:
+            if "tokenizer" not in self.metadata:
+                raise click.UsageError("no edgellm.json beside the model names its tokenizer; pass --tokenizer")
+            tokenizer = model.parent / self.metadata["tokenizer"]
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.sampler = Sampler(**sampling)
+        self.stop_ids = list(stop_ids) or self.metadata.get("stop_ids", [])
+        self.stop_strings = list(stop_strings) or self.metadata.get("stop_strings", [])
+
+    def stream(self, session, max_tokens: int, echo: bool) -> tuple[str, list[int]]:
+        """Generate from `session`, printing text as it becomes final when `echo`; returns text and ids."""
+        from edgellm_cli.tokenizer import TextStream
+
+        stream, generated = TextStream(self.tokenizer, self.stop_strings, context=session.history), []
+        for token in session.generate(max_tokens, self.sampler, self.stop_ids):
+            generated.append(token)
+            piece = stream.push(token)
+            if echo and piece:
+                click.echo(piece, nl=False)
+            if stream.stopped:
+                break
+        tail = stream.flush()
+        if echo and tail:
+            click.echo(tail, nl=False)
+        return stream.emitted, generated
+
+
+@cli.command(epilog="\b\nExamples:\n  edgellm run build/stories260k/model.tflite --max-tokens 200\n  edgellm run model.tflite --prompt 'Once' --temperature 0.8 --top-p 0.9 --seed 1 --json")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="tokenizer.model or tokenizer.json (default: the one beside MODEL).")
 @click.option("--prompt", default="", help="Text to continue (BOS is added when the model uses it).")
-@click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(min=1), help="New tokens to generate at most.")
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0 is greedy.")
-@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0), help="Keep the k most likely tokens (0: all).")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Keep the smallest set with this probability mass.")
-@click.option("--seed", type=int, help="Seed for sampling, for reproducible output.")
-@click.option("--stop-id", "stop_ids", multiple=True, type=int, help="Stop at this token id (repeatable; default: the model's stop tokens).")
-@click.option("--threads", type=click.IntRange(min=1), help="Interpreter threads (default: LiteRT's choice).")
+@sampling_options
 @click.option("--json", "as_json", is_flag=True, help="Print the text, token ids and tokens/s as JSON instead of streaming.")
-def run(model, tokenizer, prompt, max_tokens, temperature, top_k, top_p, seed, stop_ids, threads, as_json) -> None:
-    """Generate text from MODEL (.tflite) on the LiteRT interpreter, streaming it as it comes."""
+def run(model, prompt, max_tokens, tokenizer, threads, max_prefill, stop_ids, stop_strings, as_json, **sampling) -> None:
+    """Generate text from MODEL (.tflite) on the LiteRT runtime, streaming it as it comes."""
     import time
 
-    from edgellm_cli.runtime import LiteRTModel, Sampler, generate, read_metadata
-    from edgellm_cli.tokenizer import StreamDecoder, load_tokenizer
+    from edgellm_cli.runtime import Session
 
-    litert = LiteRTModel(model, num_threads=threads)
-    metadata = read_metadata(model)
-    if tokenizer is None:
-        if "tokenizer" not in metadata:
-            raise click.UsageError("no edgellm.json beside the model names its tokenizer; pass --tokenizer")
-        tokenizer = model.parent / metadata["tokenizer"]
-    tok = load_tokenizer(tokenizer)
-    prompt_ids = ([metadata["bos_id"]] if metadata.get("add_bos", True) and metadata.get("bos_id") is not None else []) + tok.encode(prompt)
-    stops = list(stop_ids) or metadata.get("stop_ids", [])
-    sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    stream = StreamDecoder(tok)
+    gen = _Generation(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling)
+    meta = gen.metadata
+    prompt_ids = ([meta["bos_id"]] if meta.get("add_bos", True) and meta.get("bos_id") is not None else []) + gen.tokenizer.encode(prompt)
     started = time.perf_counter()
-    generated = []
-    for token in generate(litert, prompt_ids, max_tokens, sampler, stops):
-        generated.append(token)
-        piece = stream.push(token)
-        if piece and not as_json:
-            click.echo(piece, nl=False)
+    session = Session(gen.litert)
+    if prompt_ids:
+        session.feed(prompt_ids)
+    text, generated = gen.stream(session, max_tokens, echo=not as_json)
     seconds = time.perf_counter() - started
     if as_json:
-        _emit_json({"text": tok.decode(generated), "tokens": generated, "seconds": round(seconds, 4), "tokens_per_second": round(len(generated) / seconds, 2)})
+        _emit_json({"text": text, "tokens": generated, "prompt_tokens": len(prompt_ids), "seconds": round(seconds, 4), "tokens_per_second": round(len(generated) / seconds, 2)})
     else:
         click.echo()
         _console().print(f"[dim]{len(generated)} tokens in {seconds:.2f}s ({len(generated) / seconds:.1f} tokens/s)[/]")
+
+
+@cli.command(epilog="\b\nExample:\n  edgellm chat build/qwen2.5-0.5b/model.tflite --system 'Be brief.'\n  printf 'Hi\\nAnd then?\\n' | edgellm chat model.tflite --chat-template t.jinja")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--system", help="A system message opening the conversation.")
+@click.option("--chat-template", "template_file", type=click.Path(dir_okay=False, path_type=Path), help="Jinja chat template file (default: the checkpoint's).")
+@sampling_options
+def chat(model, system, template_file, max_tokens, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling) -> None:
+    """Talk with MODEL: one line per user turn (/reset starts over, /exit or end of input ends).
+
+    The chat template renders the whole conversation each turn; only the tokens that differ from
+    what the KV cache already holds are computed.
+    """
+    from edgellm_cli.runtime import Session
+    from edgellm_cli.tokenizer import encode_with_specials, render_chat
+
+    gen = _Generation(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling)
+    meta = gen.metadata
+    template = template_file.read_text(encoding="utf-8") if template_file else meta.get("chat_template")
+    if not template:
+        raise click.UsageError("the model has no chat template; pass --chat-template FILE (or use `edgellm run`)")
+    strings = {"bos_token": meta.get("bos_token") or "", "eos_token": meta.get("eos_token") or ""}
+    specials = {}
+    if meta.get("bos_token") and meta.get("bos_id") is not None:
+        specials[meta["bos_token"]] = meta["bos_id"]
+    opening = [{"role": "system", "content": system}] if system else []
+    messages, session = list(opening), Session(gen.litert)
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            click.echo("> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            break
+        if line.strip() == "/reset":
+            messages, session = list(opening), Session(gen.litert)
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        session.feed(encode_with_specials(gen.tokenizer, render_chat(template, messages, strings), specials))
+        reused = len(session.history) - session.computed
+        reply, _ = gen.stream(session, max_tokens, echo=True)
+        click.echo()
+        _console().print(f"[dim]({session.computed} prompt tokens computed, {reused} reused from the cache)[/]")
+        messages.append({"role": "assistant", "content": reply})
+
+
+@cli.command(epilog="\b\nExample:\n  edgellm bench build/stories260k/model.tflite --threads 2 --json")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: LiteRT's choice).")
+@click.option("--prompt-tokens", default=32, show_default=True, type=click.IntRange(min=1), help="Prompt length for time to first token.")
+@click.option("--decode-tokens", default=64, show_default=True, type=click.IntRange(min=1), help="Tokens to decode for tokens/s.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Runs per measurement; the fastest counts.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="Detokenise in the pipeline numbers (default: the one beside MODEL, if any).")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
+def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_json) -> None:
+    """Time to first token, prefill tokens/s per signature, decode tokens/s (pipeline and raw invoke), peak memory."""
+    from edgellm_cli.benchmark import benchmark
+    from edgellm_cli.runtime import read_metadata
+    from edgellm_cli.tokenizer import load_tokenizer
+
+    metadata = read_metadata(model)
+    if tokenizer is None and "tokenizer" in metadata:
+        tokenizer = model.parent / metadata["tokenizer"]
+    report = benchmark(model, load_tokenizer(tokenizer) if tokenizer else None, threads, prompt_tokens, decode_tokens, repeats)
+    if as_json:
+        _emit_json(report)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("measurement", "value", title=f"{model} ({report['threads'] or 'default'} threads)")
+    table.add_row("time to first token", f"{report['time_to_first_token_ms']:.1f} ms ({prompt_tokens}-token prompt)")
+    for name, row in report["prefill"].items():
+        table.add_row(f"prefill ({name})", f"{row['tokens_per_second']:.1f} tokens/s ({row['ms']:.1f} ms)")
+    table.add_row("decode, pipeline", f"{report['decode_tokens_per_second']:.1f} tokens/s")
+    table.add_row("decode, raw invoke", f"{report['raw_decode_tokens_per_second']:.1f} tokens/s")
+    table.add_row("pipeline overhead", f"{report['pipeline_overhead_percent']:.1f} %")
+    table.add_row("peak RSS", f"{report['peak_rss_mb']:.0f} MB")
+    Console().print(table)
 
 
 @cli.group()
@@ -202,6 +321,17 @@ def spec_check(paths) -> None:
     """Validate YAML specs without reading any checkpoint."""
     for path in paths:
         click.echo(f"ok  {path}  ({_load_spec(path).name})")
+
+
+@spec.command("init", epilog="\b\nExample:\n  edgellm spec init --from ./my-checkpoint -o model_specs/my-model.yaml")
+@click.option("--from", "source", required=True, type=click.Path(path_type=Path), help="Checkpoint folder or its config.json.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Spec file to write (default: <folder name>.yaml).")
+def spec_init(source, output) -> None:
+    """Draft a spec from a checkpoint's config.json (its `architectures` class picks the family)."""
+    from edgellm_cli.spec_init import draft_specs
+
+    for path in draft_specs(source, output or Path(f"{source.resolve().name if source.is_dir() else source.resolve().parent.name}.yaml")):
+        click.echo(f"wrote {path}")
 
 
 @cli.group()
@@ -227,9 +357,10 @@ def cache_clear() -> None:
 
 def main() -> None:
     from edgellm_cli.errors import EdgeLLMError
-    from edgellm_cli.quiet import quiet_libraries
+    from edgellm_cli.quiet import quiet_libraries, silence_native_stderr
 
     quiet_libraries()
+    silence_native_stderr()
     try:
         cli.main(standalone_mode=False)
     except click.ClickException as exc:

@@ -17,7 +17,7 @@ import torch
 
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.layers import Decoder
-from edgellm_cli.spec import Architecture, ModelSpec
+from edgellm_cli.spec import Architecture, ModelSpec, TensorRule
 
 _LAYER = "{layer}"
 
@@ -102,62 +102,83 @@ def _read_sharded(folder: Path, index_name: str) -> dict[str, TensorInfo]:
     return tensors
 
 
-def _expand(template: str, num_layers: int) -> list[tuple[str, int | None]]:
-    if _LAYER in template:
-        return [(template.replace(_LAYER, str(i)), i) for i in range(num_layers)]
-    return [(template, None)]
+@dataclass(frozen=True)
+class TensorLoad:
+    """How to make one of our parameters: read `tensor`, maybe transpose it, maybe take a slice."""
+
+    tensor: str
+    transpose: bool = False
+    axis: int = 0
+    start: int | None = None  # slice [start, stop) along axis: one part of a fused tensor
+    stop: int | None = None
+
+    def read(self, checkpoint: Checkpoint) -> torch.Tensor:
+        tensor = checkpoint.read(self.tensor)
+        if self.transpose:
+            tensor = tensor.t()
+        if self.start is not None:
+            tensor = tensor.narrow(self.axis, self.start, self.stop - self.start)
+        return tensor.to(torch.float32).contiguous()
+
+
+def _expand(rule: TensorRule, our_template: str, num_layers: int) -> list[tuple[str, TensorRule]]:
+    if _LAYER in rule.source and _LAYER not in our_template:
+        raise ValueError(f"weights.{our_template} maps to a per-layer name; add {_LAYER} to both sides")
+    if _LAYER not in our_template:
+        return [(our_template, rule)]
+    return [
+        (our_template.replace(_LAYER, str(i)), rule.model_copy(update={"source": rule.source.replace(_LAYER, str(i))}))
+        for i in range(num_layers)
+    ]
 
 
 def _shape(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def plan_weights(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) -> dict[str, str]:
-    """Our parameter name -> checkpoint tensor name, with every name and shape checked.
+def plan_weights(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) -> dict[str, TensorLoad]:
+    """Our parameter name -> how to load it, with every name and shape checked.
 
     Raises a one-line error for a mapping key that is not our parameter, a parameter with no
-    mapping, a tensor missing from the checkpoint, a shape mismatch, or a checkpoint tensor
-    that nothing uses (unless `ignore_tensors` names it).
+    mapping, a tensor missing from the checkpoint, a shape mismatch (fused tensors included), or
+    a checkpoint tensor that nothing uses (unless `ignore_tensors` names it).
     """
     with torch.device("meta"):
         model = Decoder(arch)
-    ours = dict(model.named_parameters(remove_duplicate=False))
+    ours = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
     tied = set(ours) - dict(model.named_parameters()).keys()  # aliases, e.g. a tied output head
 
-    plan: dict[str, str] = {}
-    for our_template, their_template in spec.weights.items():
-        if _LAYER in their_template and _LAYER not in our_template:
-            raise EdgeLLMError(f"spec {spec.name}: weights.{our_template} maps to a per-layer name; add {_LAYER} to both sides")
-        for our_name, layer in _expand(our_template, arch.num_layers):
-            their_name = their_template.replace(_LAYER, str(layer)) if layer is not None else their_template
+    rules: dict[str, TensorRule] = {}
+    for our_template, rule in spec.weights.items():
+        rule = TensorRule(source=rule) if isinstance(rule, str) else rule
+        try:
+            expanded = _expand(rule, our_template, arch.num_layers)
+        except ValueError as exc:
+            raise EdgeLLMError(f"spec {spec.name}: {exc}") from None
+        for our_name, layer_rule in expanded:
             if our_name not in ours:
                 raise EdgeLLMError(
-                    f"spec {spec.name}: weights key {our_template!r} is not a parameter of the model "
-                    f"(parameters look like: {', '.join(sorted(_templates(ours)))})"
+                    f"spec {spec.name}: weights key {our_template!r} is not a parameter of this architecture "
+                    f"(its parameters: {', '.join(sorted(_templates(ours)))})"
                 )
-            plan[our_name] = their_name
+            rules[our_name] = layer_rule
 
-    unmapped = [name for name in ours if name not in plan and name not in tied]
+    unmapped = [name for name in ours if name not in rules and name not in tied]
     if unmapped:
         raise EdgeLLMError(f"spec {spec.name}: no weights entry for parameter {unmapped[0]}; add it to `weights`")
+    rules = {name: rule for name, rule in rules.items() if not (name in tied and rule.source not in checkpoint.tensors)}
 
-    for our_name, their_name in plan.items():
-        info = checkpoint.tensors.get(their_name)
+    plan = {}
+    for source, group in _group_by_source(rules).items():
+        info = checkpoint.tensors.get(source)
         if info is None:
-            if our_name in tied:
-                continue
             raise EdgeLLMError(
-                f"checkpoint {checkpoint.folder.name}: tensor {their_name} (for {our_name}) is missing; "
+                f"checkpoint {checkpoint.folder.name}: tensor {source} (for {group[0][0]}) is missing; "
                 "check the checkpoint or the spec's `weights` mapping"
             )
-        want = tuple(ours[our_name].shape)
-        if info.shape != want:
-            raise EdgeLLMError(
-                f"checkpoint {checkpoint.folder.name}: tensor {their_name} has shape {_shape(info.shape)} "
-                f"but {our_name} needs {_shape(want)}; the spec's architecture does not match this checkpoint"
-            )
+        plan.update(_plan_group(source, info.shape, group, ours, checkpoint.folder.name))
 
-    used = set(plan.values())
+    used = {rule.source for rule in rules.values()}
     ignored = [re.compile(p) for p in spec.ignore_tensors]
     unexpected = [n for n in checkpoint.tensors if n not in used and not any(p.fullmatch(n) for p in ignored)]
     if unexpected:
@@ -165,7 +186,45 @@ def plan_weights(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) ->
             f"checkpoint {checkpoint.folder.name}: tensor {sorted(unexpected)[0]} is not used by the spec "
             f"({len(unexpected)} unused in all); map it in `weights` or list it in `ignore_tensors`"
         )
-    return {ours_: theirs for ours_, theirs in plan.items() if ours_ not in tied}
+    return {name: load for name, load in plan.items() if name not in tied}
+
+
+def _group_by_source(rules: dict[str, TensorRule]) -> dict[str, list[tuple[str, TensorRule]]]:
+    groups: dict[str, list[tuple[str, TensorRule]]] = {}
+    for our_name, rule in rules.items():
+        groups.setdefault(rule.source, []).append((our_name, rule))
+    return groups
+
+
+def _plan_group(source: str, shape: tuple[int, ...], group: list[tuple[str, TensorRule]], ours: dict, folder: str) -> dict[str, TensorLoad]:
+    """Plan the parameters made from one checkpoint tensor: a plain copy, or the parts of a fused tensor."""
+    first = group[0][1]
+    have = tuple(reversed(shape)) if first.transpose else shape
+    parts = sorted(group, key=lambda item: -1 if item[1].part is None else item[1].part)
+    if all(rule.part is None for _, rule in group):
+        plan = {name: TensorLoad(source, transpose=rule.transpose) for name, rule in group}
+        want = ours[group[0][0]]
+    else:
+        numbers = [rule.part for _, rule in parts]
+        if numbers != list(range(len(parts))) or any(r.axis != first.axis or r.transpose != first.transpose for _, r in group):
+            names = ", ".join(name for name, _ in parts)
+            raise EdgeLLMError(f"weights: the parts of {source} ({names}) must be numbered 0..{len(parts) - 1} with one axis and transpose")
+        plan, offset = {}, 0
+        for name, rule in parts:
+            size = ours[name][rule.axis]
+            plan[name] = TensorLoad(source, transpose=rule.transpose, axis=rule.axis, start=offset, stop=offset + size)
+            offset += size
+        want = list(ours[parts[0][0]])
+        want[first.axis] = offset
+        want = tuple(want)
+    if have != want:
+        targets = ", ".join(name for name, _ in parts)
+        raise EdgeLLMError(
+            f"checkpoint {folder}: tensor {source} has shape {_shape(shape)} but {targets} "
+            f"need{'s' if len(parts) == 1 else ''} {_shape(want)}{' (transposed)' if first.transpose else ''}; "
+            "the spec's architecture does not match this checkpoint"
+        )
+    return plan
 
 
 def _templates(names) -> set[str]:
@@ -177,9 +236,8 @@ def load_model(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) -> D
     plan = plan_weights(spec, arch, checkpoint)
     with torch.device("meta"):
         model = Decoder(arch)
-    for our_name, their_name in plan.items():
+    for our_name, load in plan.items():
         module_name, _, attr = our_name.rpartition(".")
-        tensor = checkpoint.read(their_name).to(torch.float32)
-        setattr(model.get_submodule(module_name), attr, torch.nn.Parameter(tensor, requires_grad=False))
+        setattr(model.get_submodule(module_name), attr, torch.nn.Parameter(load.read(checkpoint), requires_grad=False))
     model.tie_weights()
     return model.eval()

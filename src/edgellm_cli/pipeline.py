@@ -7,6 +7,7 @@ stages downstream of it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -75,9 +76,6 @@ class Pipeline:
         self._results[stage] = result
         return result
 
-    def _spec_inputs(self, exclude: set[str] | None = None) -> dict:
-        return self.spec.model_dump(mode="json", exclude=exclude)
-
     # -- fetch ------------------------------------------------------------------------------
     def fetch(self) -> StageResult:
         folder = locate_checkpoint(self.spec, self.checkpoint, token=self.token, offline=self.offline)
@@ -86,7 +84,7 @@ class Pipeline:
 
         def produce(_: Path) -> dict:
             from edgellm_cli.loader import Checkpoint, plan_weights
-            from edgellm_cli.tokenizer import resolve_special_tokens
+            from edgellm_cli.tokenizer import resolve_prompt_settings
 
             arch = resolve_architecture(self.spec, folder)
             checkpoint = Checkpoint.open(folder)
@@ -94,22 +92,27 @@ class Pipeline:
             tokenizer = folder / self.spec.tokenizer.file
             if not tokenizer.is_file():
                 raise EdgeLLMError(f"checkpoint {folder.name}: tokenizer file {self.spec.tokenizer.file} is missing; fix tokenizer.file in the spec")
-            special = resolve_special_tokens(self.spec, folder)
+            prompt = resolve_prompt_settings(self.spec, folder)
             return {
                 "checkpoint_dir": str(folder),
                 "file_digests": {p.name: file_digest(p) for p in files},
                 "architecture": arch.model_dump(mode="json"),
-                "special_tokens": {"bos_id": special.bos_id, "add_bos": special.add_bos, "stop_ids": special.stop_ids},
+                "prompt": dataclasses.asdict(prompt),
             }
 
-        return self._stage("fetch", {"spec": self._spec_inputs(), "folder": str(folder), "files": fingerprint}, produce)
+        return self._stage("fetch", {"spec": self.spec.model_dump(mode="json"), "folder": str(folder), "files": fingerprint}, produce)
 
     def _fetched(self) -> StageResult:
         return self._results.get("fetch") or self.fetch()
 
-    def _model_inputs(self, exclude: set[str] | None = None) -> dict:
+    def _model_identity(self) -> dict:
+        """What the re-authored model's numbers depend on: two specs that agree here share artifacts."""
         fetched = self._fetched().report
-        return {"spec": self._spec_inputs(exclude), "checkpoint": fetched["file_digests"]}
+        return {
+            "architecture": fetched["architecture"],
+            "weights": self.spec.model_dump(mode="json", include={"weights", "ignore_tensors"}),
+            "checkpoint": fetched["file_digests"],
+        }
 
     def _load_decoder(self):
         from edgellm_cli.loader import Checkpoint, load_model
@@ -126,7 +129,7 @@ class Pipeline:
         def produce(folder: Path) -> dict:
             fetched = self._fetched().report
             arch = fetched["architecture"]
-            tokens = verify.verification_tokens(arch["vocab_size"], self.spec.verify.num_tokens, fetched["special_tokens"]["bos_id"])
+            tokens = verify.verification_tokens(arch["vocab_size"], self.spec.verify.num_tokens, fetched["prompt"]["bos_id"])
             reference = verify.reference_logits(Path(fetched["checkpoint_dir"]), tokens)
             ours = verify.reauthored_logits(self._load_decoder(), tokens)
             np.save(folder / "reference_logits.npy", reference)
@@ -135,31 +138,23 @@ class Pipeline:
             verify.check(report, self.spec.verify)
             return report
 
-        return self._stage("verify", self._model_inputs(), produce)
+        inputs = {**self._model_identity(), "verify": self.spec.verify.model_dump(), "bos_id": self._fetched().report["prompt"]["bos_id"]}
+        return self._stage("verify", inputs, produce)
 
     # -- convert ----------------------------------------------------------------------------
     def convert(self) -> StageResult:
         def produce(folder: Path) -> dict:
             from edgellm_cli.convert import convert_to_tflite  # torch and litert_torch: only when not cached
 
-            fetched = self._fetched().report
             export = self.spec.export
             convert_to_tflite(self._load_decoder(), export.prefill_lengths, export.kv_cache_length, folder / MODEL_FILE)
-            tokenizer = Path(fetched["checkpoint_dir"]) / self.spec.tokenizer.file
-            shutil.copyfile(tokenizer, folder / tokenizer.name)
-            metadata = {
-                "name": self.spec.name,
-                "edgellm_version": __version__,
-                "tokenizer": tokenizer.name,
-                **fetched["special_tokens"],
+            return {
+                "size_bytes": (folder / MODEL_FILE).stat().st_size,
                 "prefill_lengths": sorted(export.prefill_lengths),
                 "kv_cache_length": export.kv_cache_length,
             }
-            _write_json(folder / METADATA_FILE, metadata)
-            return {"model": MODEL_FILE, "size_bytes": (folder / MODEL_FILE).stat().st_size, **metadata}
 
-        # Verify tolerances do not change the model, so they stay out of its key.
-        return self._stage("convert", self._model_inputs(exclude={"verify"}), produce)
+        return self._stage("convert", {**self._model_identity(), "export": self.spec.export.model_dump()}, produce)
 
     # -- verify-tflite ----------------------------------------------------------------------
     def verify_tflite(self) -> StageResult:
@@ -187,11 +182,19 @@ class Pipeline:
         return {"fetch": self.fetch, "verify": self.verify, "convert": self.convert, "verify-tflite": self.verify_tflite}[name]()
 
     def export_outputs(self, out_dir: Path) -> list[Path]:
-        """Copy the converted model with its tokenizer and metadata into `out_dir`."""
-        converted = self._results.get("convert") or self.convert()
+        """Write the converted model, its tokenizer and `edgellm.json` (what `run` needs) into `out_dir`."""
+        converted, fetched = self._results.get("convert") or self.convert(), self._fetched().report
+        tokenizer = Path(fetched["checkpoint_dir"]) / self.spec.tokenizer.file
+        metadata = {
+            "name": self.spec.name,
+            "edgellm_version": __version__,
+            "tokenizer": tokenizer.name,
+            **fetched["prompt"],
+            "prefill_lengths": converted.report["prefill_lengths"],
+            "kv_cache_length": converted.report["kv_cache_length"],
+        }
         out_dir.mkdir(parents=True, exist_ok=True)
-        copied = []
-        for name in (MODEL_FILE, converted.report["tokenizer"], METADATA_FILE):
-            shutil.copyfile(converted.path / name, out_dir / name)
-            copied.append(out_dir / name)
-        return copied
+        shutil.copyfile(converted.path / MODEL_FILE, out_dir / MODEL_FILE)
+        shutil.copyfile(tokenizer, out_dir / tokenizer.name)
+        _write_json(out_dir / METADATA_FILE, metadata)
+        return [out_dir / MODEL_FILE, out_dir / tokenizer.name, out_dir / METADATA_FILE]

@@ -19,6 +19,20 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def silence_native_stderr() -> None:
+    """Point file descriptor 2 at /dev/null for the rest of the process, keeping Python's own
+    `sys.stderr` on the terminal: native runtimes log to fd 2 at load, run and exit time.
+    Set EDGELLM_DEBUG=1 to see their logs."""
+    if os.environ.get("EDGELLM_DEBUG"):
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
 @contextmanager
 def native_output_to(log_path: Path | str = os.devnull) -> Iterator[None]:
     """Send what native code prints on stdout/stderr (absl, MLIR, LiteRT) to a file instead of the terminal."""

@@ -1,11 +1,16 @@
-"""Text generation from a `.tflite` on the LiteRT interpreter: prefill, decode loop, sampler."""
+"""Text generation from a `.tflite` on the LiteRT runtime: prefill, decode loop, sampler.
+
+The KV cache never leaves the runtime: each cache tensor is one LiteRT buffer bound as both
+the input and the output of every signature, so a decode step copies a token in and a row of
+logits out, nothing else.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,42 +24,66 @@ METADATA_FILE = "edgellm.json"
 class LiteRTModel:
     """A `.tflite` that follows the prefill_{N} / decode signature convention."""
 
-    def __init__(self, path: Path, num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
+    def __init__(self, path: Path, num_threads: int | None = None, max_prefill: int | None = None):
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.cpu_options import CpuOptions
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+        from ai_edge_litert.options import Options
 
         if not path.is_file():
             raise EdgeLLMError(f"model {path} does not exist; pass the path of a .tflite file")
+        options = Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=num_threads or 0))
         try:
-            with native_output_to():  # LiteRT logs each delegate it creates
-                self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-                signatures = self._interpreter.get_signature_list()
-                self._runners = {name: self._interpreter.get_signature_runner(name) for name in signatures}
+            with native_output_to():  # the runtime logs every accelerator and plugin it probes
+                self._model = CompiledModel.from_file(str(path), options=options)
+                signatures = self._model.get_signature_list()
         except (ValueError, RuntimeError) as exc:
             raise EdgeLLMError(f"{path}: not a loadable .tflite model ({str(exc).splitlines()[0]})") from None
         prefill = {int(m.group(1)): name for name in signatures if (m := re.fullmatch(r"prefill_(\d+)", name))}
         if "decode" not in signatures or not prefill:
             raise EdgeLLMError(f"{path}: expected signatures prefill_<N> and decode, found {sorted(signatures)}; convert it with edgellm")
-        self.prefill_signatures = dict(sorted(prefill.items()))
-        inputs = self._runners["decode"].get_input_details()
-        self.cache_specs = {name: (tuple(d["shape"]), d["dtype"]) for name, d in inputs.items() if name.startswith("kv_cache_")}
-        self.kv_cache_length = int(next(iter(self.cache_specs.values()))[0][1])
-        self._delegate_ready = False
+        self.prefill_signatures = {n: name for n, name in sorted(prefill.items()) if max_prefill is None or n <= max_prefill}
+        if not self.prefill_signatures:
+            raise EdgeLLMError(f"no prefill signature is at most {max_prefill} tokens (the model has {sorted(prefill)})")
+        details = self._model.get_input_tensor_details("decode")
+        self.cache_names = [name for name in signatures["decode"]["inputs"] if name.startswith("kv_cache_")]
+        shape = details[self.cache_names[0]]["shape"]
+        self.kv_cache_length = int(shape[1])
+        self.vocab_size = int(self._model.get_output_tensor_details("decode")["logits"]["shape"][-1])
+        with native_output_to():
+            self._caches = {name: self._model.create_input_buffer_by_name("decode", name) for name in self.cache_names}
+            self._io = {
+                sig: (
+                    self._model.create_input_buffer_by_name(sig, "tokens"),
+                    self._model.create_input_buffer_by_name(sig, "input_pos"),
+                    self._model.create_output_buffer_by_name(sig, "logits"),
+                )
+                for sig in [*self.prefill_signatures.values(), "decode"]
+            }
+        self._cache_shapes = {name: tuple(details[name]["shape"]) for name in self.cache_names}
+        self.reset()
 
-    def empty_cache(self) -> dict[str, np.ndarray]:
-        return {name: np.zeros(shape, dtype) for name, (shape, dtype) in self.cache_specs.items()}
+    def reset(self) -> None:
+        """Empty the KV cache (a new conversation)."""
+        for name, buffer in self._caches.items():
+            buffer.write(np.zeros(self._cache_shapes[name], np.float32))
 
-    def _run(self, signature: str, tokens: list[int], start: int, cache: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = {"tokens": np.array([tokens], dtype=np.int32), "input_pos": np.arange(start, start + len(tokens), dtype=np.int32)}
-        if self._delegate_ready:
-            outputs = self._runners[signature](**inputs, **cache)
-        else:
-            with native_output_to():  # the first invoke creates the XNNPACK delegate, which LiteRT announces
-                outputs = self._runners[signature](**inputs, **cache)
-            self._delegate_ready = True
-        cache.update({name: outputs[name] for name in self.cache_specs})
-        return outputs["logits"][0]
+    def run(self, signature: str, tokens: list[int], start: int) -> np.ndarray:
+        """Invoke one signature on `tokens` (padded to its width) at positions start..; logits [width, vocab]."""
+        tokens_buffer, positions_buffer, logits_buffer = self._io[signature]
+        tokens_buffer.write(np.array([tokens], dtype=np.int32))
+        positions_buffer.write(np.arange(start, start + len(tokens), dtype=np.int32))
+        self.invoke(signature)
+        return logits_buffer.read(len(tokens) * self.vocab_size, np.float32).reshape(len(tokens), self.vocab_size)
 
-    def _prefill_plan(self, count: int, start: int) -> tuple[str, int]:
+    def invoke(self, signature: str) -> None:
+        """The bare model call, on whatever the input buffers hold (also what `bench` times raw)."""
+        tokens_buffer, positions_buffer, logits_buffer = self._io[signature]
+        self._model.run_by_name(
+            signature, {"tokens": tokens_buffer, "input_pos": positions_buffer, **self._caches}, {"logits": logits_buffer, **self._caches}
+        )
+
+    def prefill_plan(self, count: int, start: int) -> tuple[str, int]:
         """The signature to use and how many real tokens it takes: the smallest N that holds all
         `count` tokens, else the largest that fits in the cache (a chunk), else decode one."""
         room = self.kv_cache_length - start
@@ -67,80 +96,128 @@ class LiteRTModel:
             return fitting[n], min(n, count)
         return "decode", 1
 
-    def prefill(self, tokens: list[int], start: int, cache: dict[str, np.ndarray]) -> np.ndarray:
+    def prefill(self, tokens: list[int], start: int) -> np.ndarray:
         """Feed `tokens` at positions start.. (in chunks if needed); logits [len(tokens), vocab]."""
         rows = []
         while tokens:
-            signature, take = self._prefill_plan(len(tokens), start)
+            signature, take = self.prefill_plan(len(tokens), start)
             width = 1 if signature == "decode" else int(signature.removeprefix("prefill_"))
             # Padding writes throwaway cache rows past the real tokens; the causal mask hides them
             # and later positions overwrite them.
-            chunk = tokens[:take] + [0] * (width - take)
-            rows.append(self._run(signature, chunk, start, cache)[:take])
+            rows.append(self.run(signature, tokens[:take] + [0] * (width - take), start)[:take])
             tokens, start = tokens[take:], start + take
         return np.concatenate(rows)
 
-    def decode(self, token: int, position: int, cache: dict[str, np.ndarray]) -> np.ndarray:
-        return self._run("decode", [token], position, cache)[0]
+    def decode(self, token: int, position: int) -> np.ndarray:
+        return self.run("decode", [token], position)[0]
 
 
 @dataclass(frozen=True)
 class Sampler:
-    """Greedy when temperature is 0; otherwise temperature, then top-k, then top-p (nucleus)."""
+    """Repetition penalty, then greedy (temperature 0) or temperature -> top-k -> top-p -> min-p."""
 
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
     seed: int | None = None
+    _rng: np.random.Generator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "_rng", np.random.default_rng(self.seed))
 
-    def __call__(self, logits: np.ndarray) -> int:
+    def __call__(self, logits: np.ndarray, history: list[int] = ()) -> int:
+        if self.repetition_penalty != 1.0 and len(history):
+            seen = np.unique(np.asarray(history))
+            logits = logits.copy()
+            # The CTRL / transformers rule: shrink positive logits, push negative ones further down.
+            logits[seen] = np.where(logits[seen] > 0, logits[seen] / self.repetition_penalty, logits[seen] * self.repetition_penalty)
         if self.temperature <= 0:
             return int(np.argmax(logits))
         scaled = logits.astype(np.float64) / self.temperature
-        order = np.argsort(-scaled)
+        order = np.argsort(-scaled, kind="stable")
         if self.top_k > 0:
             order = order[: self.top_k]
         probs = np.exp(scaled[order] - scaled[order[0]])
         probs /= probs.sum()
+        keep = len(order)
         if self.top_p < 1.0:
-            keep = int(np.searchsorted(np.cumsum(probs), self.top_p)) + 1
-            order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+            keep = min(keep, int(np.searchsorted(np.cumsum(probs), self.top_p)) + 1)
+        if self.min_p > 0.0:
+            keep = min(keep, max(1, int((probs >= self.min_p * probs[0]).sum())))
+        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
         return int(self._rng.choice(order, p=probs))
 
 
-def generate(
-    model: LiteRTModel, prompt_ids: list[int], max_new_tokens: int, sampler: Sampler, stop_ids: list[int]
-) -> Iterator[int]:
-    """Yield new token ids until a stop id (not yielded) or `max_new_tokens`."""
-    if not prompt_ids:
-        raise EdgeLLMError("the prompt is empty and no BOS token is added; give --prompt text or a model that adds BOS")
-    if len(prompt_ids) + max_new_tokens - 1 > model.kv_cache_length:
-        raise EdgeLLMError(
-            f"prompt ({len(prompt_ids)} tokens) + --max-tokens ({max_new_tokens}) exceeds the KV cache "
-            f"({model.kv_cache_length} positions); lower --max-tokens or rebuild with a larger export.kv_cache_length"
-        )
-    cache = model.empty_cache()
-    logits = model.prefill(prompt_ids, 0, cache)[-1]
-    position = len(prompt_ids)
-    for produced in range(max_new_tokens):
-        token = sampler(logits)
-        if token in stop_ids:
-            return
-        yield token
-        if produced + 1 < max_new_tokens:
-            logits = model.decode(token, position, cache)
-            position += 1
+class Session:
+    """A conversation with the model: the KV cache holds `history`, and new input extends it.
+
+    Feeding a sequence that shares a prefix with the history reuses those cache rows and
+    computes only the rest, so a chat turn costs its own tokens, not the whole transcript.
+    """
+
+    def __init__(self, model: LiteRTModel):
+        self.model = model
+        self.history: list[int] = []
+        self.computed = 0  # tokens the last `feed` had to compute (the rest came from the cache)
+        self._logits: np.ndarray | None = None
+        model.reset()
+
+    def feed(self, tokens: list[int]) -> None:
+        """Make the history equal `tokens`, computing only what differs from the cached prefix."""
+        if len(tokens) > self.model.kv_cache_length:
+            raise EdgeLLMError(
+                f"the conversation ({len(tokens)} tokens) exceeds the KV cache ({self.model.kv_cache_length} positions); "
+                "start a new one or rebuild with a larger export.kv_cache_length"
+            )
+        common = 0
+        for ours, theirs in zip(self.history, tokens):
+            if ours != theirs:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # recompute at least the last token: its logits are needed
+        # Rows past `common` are stale; the causal mask hides them until new positions overwrite them.
+        self._logits = self.model.prefill(tokens[common:], common)[-1]
+        self.history, self.computed = list(tokens), len(tokens) - common
+
+    def generate(self, max_new_tokens: int, sampler: Sampler, stop_ids: list[int]) -> Iterator[int]:
+        """Yield new tokens after the history until a stop id (not yielded) or `max_new_tokens`.
+
+        The history keeps what is in the cache: every yielded token but the last, which only a
+        further step would need (the next `feed` computes it if the transcript keeps it).
+        """
+        if self._logits is None:
+            raise EdgeLLMError("nothing to continue from: the prompt is empty and the model adds no BOS; give --prompt text")
+        if len(self.history) + max_new_tokens - 1 > self.model.kv_cache_length:
+            raise EdgeLLMError(
+                f"prompt ({len(self.history)} tokens) + --max-tokens ({max_new_tokens}) exceeds the KV cache "
+                f"({self.model.kv_cache_length} positions); lower --max-tokens or rebuild with a larger export.kv_cache_length"
+            )
+        for produced in range(max_new_tokens):
+            token = sampler(self._logits, self.history)
+            if token in stop_ids:
+                return
+            yield token
+            if produced + 1 < max_new_tokens:
+                self._logits = self.model.decode(token, len(self.history))
+                self.history.append(token)
+
+
+def generate(model: LiteRTModel, prompt_ids: list[int], max_new_tokens: int, sampler: Sampler, stop_ids: list[int]) -> Iterator[int]:
+    """One-shot generation from a fresh cache."""
+    session = Session(model)
+    if prompt_ids:
+        session.feed(prompt_ids)
+    yield from session.generate(max_new_tokens, sampler, stop_ids)
 
 
 def read_metadata(model_path: Path) -> dict:
-    """The `edgellm.json` written beside a model by `edgellm convert`, or {} for other tools' models."""
+    """The `edgellm.json` written beside a model by edgellm, or {} for other tools' models."""
     path = model_path.parent / METADATA_FILE
     if not path.is_file():
         return {}
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise EdgeLLMError(f"{path}: not valid JSON ({exc}); re-run edgellm convert or delete it") from None
+        raise EdgeLLMError(f"{path}: not valid JSON ({exc}); re-run edgellm build or delete it") from None

@@ -1,7 +1,7 @@
 """YAML model specs: where a checkpoint comes from, its architecture, and how its tensors map.
 
 A spec is data, not code. Adding a model means writing a YAML file in `model_specs/`
-(often a few lines that `extends:` a family file such as `_hf-llama.yaml`).
+(often a few lines that `extends:` a family file of shared tensor names).
 Every field is validated here, so a typo'd key or a wrong type is one line that names
 the file and the field, long before any weights are read.
 """
@@ -42,42 +42,102 @@ class Source(_Strict):
 
 
 class RopeScaling(_Strict):
-    """Llama 3's frequency-dependent stretch of the rotary frequencies."""
+    """A stretch of the rotary frequencies for long contexts.
 
-    type: Literal["llama3"]
+    linear: every frequency divided by `factor`. llama3: long wavelengths divided by `factor`,
+    short ones kept, the band between `low_freq_factor` and `high_freq_factor` blended.
+    """
+
+    type: Literal["linear", "llama3"]
     factor: float
-    low_freq_factor: float
-    high_freq_factor: float
-    original_max_position_embeddings: int
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+    @model_validator(mode="after")
+    def _llama3_fields(self) -> RopeScaling:
+        if self.type == "llama3":
+            missing = [k for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"llama3 scaling needs {', '.join(missing)}")
+        return self
+
+
+LayerType = Literal["full_attention", "sliding_attention"]
 
 
 class Architecture(_Strict):
-    """The hyper-parameters of a decoder-only transformer; every knob has one name and one default."""
+    """The hyper-parameters of a decoder-only transformer; every knob has one name, one default, one comment.
+
+    Most come from the checkpoint's config.json; knobs a config.json does not state (a norm's
+    +1 offset, biases, parallel residual) are set by the family spec file.
+    """
 
     # Size
     vocab_size: int = Field(gt=0)
     hidden_size: int = Field(gt=0)
     num_layers: int = Field(gt=0)
     intermediate_size: int = Field(gt=0)
+
+    # Embedding and output head
+    embedding_scale: bool = False  # multiply embeddings by sqrt(hidden_size)
+    tie_word_embeddings: bool = False  # the output head shares the embedding matrix
+    lm_head_bias: bool = False
+    final_logit_softcap: float | None = None  # logits = cap * tanh(logits / cap)
+
+    # Block structure and norms
+    norm: Literal["rms", "layer"] = "rms"
+    norm_eps: float = 1e-5
+    norm_offset: float = 0.0  # RMSNorm scales by (offset + weight): 1 where checkpoints store weight - 1
+    parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm(x)), one norm shared by both
+    post_attention_norm: bool = False  # a norm on the attention output before the residual add
+    post_mlp_norm: bool = False  # likewise on the MLP output
+
     # Attention: num_heads query heads share num_kv_heads key/value heads (GQA; MQA when 1)
+    #   q heads:  0 1 | 2 3 | 4 5 | 6 7
+    #   kv heads:  0  |  1  |  2  |  3     (num_heads=8, num_kv_heads=4)
     num_heads: int = Field(gt=0)
     num_kv_heads: int = Field(gt=0)
     head_dim: int = Field(gt=0)
+    attention_bias: bool = False  # biases on the q, k, v projections
+    attention_out_bias: bool = False  # bias on the output projection
+    qk_norm: bool = False  # a norm over head_dim on each query and key head, before RoPE
+    attention_scale: float | None = None  # multiplies q.k; default head_dim ** -0.5
+    attn_logit_softcap: float | None = None  # scores = cap * tanh(scores / cap)
+    sliding_window: int | None = Field(default=None, gt=0)  # tokens a sliding layer sees, itself included
+    layer_types: list[LayerType] | None = None  # per layer; None means every layer is full_attention
+
     # Rotary position embedding
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
+    rope_local_theta: float | None = None  # base of sliding layers when it differs (two RoPE bases)
+    partial_rotary_factor: float = Field(default=1.0, gt=0, le=1)  # share of head_dim that is rotated
     max_position_embeddings: int = Field(gt=0)
-    # Norms and MLP
-    norm_eps: float = 1e-5
-    activation: Literal["silu"] = "silu"
-    # Output head shares the embedding matrix
-    tie_word_embeddings: bool = False
+
+    # MLP
+    mlp: Literal["gated", "plain"] = "gated"  # gated: down(act(gate(x)) * up(x)); plain: down(act(up(x)))
+    activation: Literal["silu", "gelu", "gelu_tanh"] = "silu"
+    mlp_bias: bool = False
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> Architecture:
+    def _consistent(self) -> Architecture:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_layers:
+                raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise ValueError("layer_types has sliding_attention layers but sliding_window is not set")
+        if self.parallel_residual and (self.post_attention_norm or self.post_mlp_norm):
+            raise ValueError("parallel_residual cannot be combined with post_attention_norm or post_mlp_norm")
         return self
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    def layer_type(self, layer: int) -> LayerType:
+        return "full_attention" if self.layer_types is None else self.layer_types[layer]
 
 
 class ArchitectureSection(_Strict):
@@ -107,7 +167,9 @@ class TokenizerSection(_Strict):
     add_bos: bool = True
     bos_id: int | None = None
     eos_ids: list[int] | None = None
-    stop_ids: list[int] = []
+    stop_ids: list[int] = []  # besides the EOS ids: generation ends at any of these
+    stop_strings: list[str] = []  # generation ends when the text contains one (it is not printed)
+    chat_template: str | None = None  # Jinja, as in tokenizer_config.json; default: the checkpoint's
 
 
 class ExportSection(_Strict):
@@ -129,12 +191,28 @@ class VerifySection(_Strict):
     min_top1_agreement: float = Field(default=1.0, ge=0, le=1)
 
 
+class TensorRule(_Strict):
+    """Where one of our parameters comes from when it is not a plain rename.
+
+    `part: i` takes the i-th slice along `axis` of a fused tensor (qkv_proj, gate_up_proj); the
+    slice sizes are those of the parameters that take parts of the same tensor, in part order.
+    `transpose: true` swaps the two axes of a 2-D tensor (checkpoints that store Conv1D weights).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    source: str = Field(alias="from")
+    part: int | None = Field(default=None, ge=0)
+    axis: int = 0
+    transpose: bool = False
+
+
 class ModelSpec(_Strict):
     name: str
     source: Source
     architecture: ArchitectureSection = ArchitectureSection()
-    # Our parameter name -> checkpoint tensor name; `{layer}` stands for the block index.
-    weights: dict[str, str]
+    # Our parameter name -> checkpoint tensor name (or a TensorRule); `{layer}` stands for the block index.
+    weights: dict[str, str | TensorRule]
     # Checkpoint tensors that are deliberately not loaded (regular expressions).
     ignore_tensors: list[str] = []
     tokenizer: TokenizerSection = TokenizerSection()
@@ -145,6 +223,18 @@ class ModelSpec(_Strict):
 
     def local_source(self) -> Path | None:
         return None if self.source.path is None else (self.base_dir / self.source.path).resolve()
+
+
+# The specs that ship with edgellm (family files and named models).
+BUILTIN_SPECS = Path(__file__).resolve().parents[2] / "model_specs"
+
+
+def find_spec(name_or_path: str | Path) -> Path:
+    """A spec path as given, or a shipped spec by name (`NAME` -> model_specs/NAME.yaml)."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path.resolve()
+    return (BUILTIN_SPECS / f"{path.name}.yaml").resolve()
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -162,7 +252,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path in seen:
         raise EdgeLLMError(f"spec {path}: `extends` forms a cycle; remove one of the links")
     if not path.is_file():
-        raise EdgeLLMError(f"spec {path}: no such file; pass the path of a YAML file in model_specs/")
+        raise EdgeLLMError(f"spec {path}: no such file; pass a YAML file or the name of one in {BUILTIN_SPECS}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -174,7 +264,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    merged = _deep_merge(_read_yaml((path.parent / parent).resolve(), seen + (path,)), data)
+    parent_path = (path.parent / parent).resolve()
+    if not parent_path.is_file() and (BUILTIN_SPECS / parent).is_file():
+        parent_path = (BUILTIN_SPECS / parent).resolve()  # a family file that ships with edgellm
+    merged = _deep_merge(_read_yaml(parent_path, seen + (path,)), data)
     if "source" in data:  # a source is one choice (hub or path), replaced whole, never mixed
         merged["source"] = data["source"]
     return merged
@@ -192,7 +285,7 @@ def _describe(error: dict) -> str:
 
 def load_spec(path: str | Path) -> ModelSpec:
     """Read and validate a YAML model spec; every problem is one line naming the file and the field."""
-    path = Path(path).resolve()
+    path = find_spec(path)
     data = _read_yaml(path)
     try:
         return ModelSpec.model_validate({**data, "base_dir": path.parent})
@@ -201,8 +294,9 @@ def load_spec(path: str | Path) -> ModelSpec:
 
 
 # ---------------------------------------------------------------------------
-# Architecture from a Hugging Face config.json. The names HF uses are shared by the
-# decoder-only families; a spec overrides any of them explicitly.
+# Architecture from a Hugging Face config.json, as transformers itself normalises it (legacy
+# keys, derived `layer_types`). The key names are shared across families; knobs no config.json
+# states are set by the family spec file.
 
 _HF_KEYS = {
     "vocab_size": "vocab_size",
@@ -213,31 +307,79 @@ _HF_KEYS = {
     "num_kv_heads": "num_key_value_heads",
     "head_dim": "head_dim",
     "max_position_embeddings": "max_position_embeddings",
-    "norm_eps": "rms_norm_eps",
-    "activation": "hidden_act",
     "tie_word_embeddings": "tie_word_embeddings",
+    "mlp_bias": "mlp_bias",
+    "attention_bias": "attention_bias",
+    "attention_out_bias": "attention_bias",
+    "attn_logit_softcap": "attn_logit_softcapping",
+    "final_logit_softcap": "final_logit_softcapping",
+    "norm_eps": ("rms_norm_eps", "layer_norm_eps"),
+    "activation": ("hidden_activation", "hidden_act"),
 }
+
+_HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+
+def _first(config: dict, keys: str | tuple[str, ...]):
+    for key in (keys,) if isinstance(keys, str) else keys:
+        if config.get(key) is not None:
+            return config[key]
+    return None
 
 
 def _rope_from_hf(config: dict) -> dict:
-    # transformers 5 writes `rope_parameters`; 4.x wrote `rope_theta` and `rope_scaling`.
-    params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    # transformers 5 writes `rope_parameters` (per layer type when they differ); 4.x wrote
+    # `rope_theta` and `rope_scaling`.
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    local = {}
+    if "full_attention" in params:
+        local = params.get("sliding_attention", {})
+        params = params["full_attention"]
+    params = dict(params)
     theta = params.pop("rope_theta", config.get("rope_theta", 10000.0))
+    rope = {"rope_theta": theta, "partial_rotary_factor": params.pop("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))}
     kind = params.pop("rope_type", params.pop("type", "default"))
-    if kind == "default":
-        return {"rope_theta": theta}
-    params = {k: params[k] for k in RopeScaling.model_fields if k in params}
-    return {"rope_theta": theta, "rope_scaling": {"type": kind, **params}}
+    if kind != "default":
+        rope["rope_scaling"] = {"type": kind, **{k: params[k] for k in RopeScaling.model_fields if k in params}}
+    if local.get("rope_theta", theta) != theta:
+        rope["rope_local_theta"] = local["rope_theta"]
+    return rope
+
+
+def _attention_from_hf(config: dict, num_layers: int | None) -> dict:
+    layer_types = config.get("layer_types")
+    window = config.get("sliding_window")
+    if layer_types is None and window is not None and config.get("use_sliding_window", True) and num_layers:
+        layer_types = ["sliding_attention"] * num_layers  # no per-layer list: one window for every layer
+    if not layer_types or "sliding_attention" not in layer_types:
+        return {}
+    return {"layer_types": list(layer_types), "sliding_window": window}
 
 
 def architecture_from_hf_config(config: dict) -> dict:
-    """Translate a Hugging Face config.json into our architecture field names."""
-    arch = {ours: config[theirs] for ours, theirs in _HF_KEYS.items() if config.get(theirs) is not None}
+    """Translate a Hugging Face config (as a dict) into our architecture field names."""
+    arch = {ours: value for ours, theirs in _HF_KEYS.items() if (value := _first(config, theirs)) is not None}
+    if "activation" in arch:
+        arch["activation"] = _HF_ACTIVATIONS.get(arch["activation"], arch["activation"])
     if "hidden_size" in arch and "num_heads" in arch:
         arch.setdefault("head_dim", arch["hidden_size"] // arch["num_heads"])
     if "num_heads" in arch:
         arch.setdefault("num_kv_heads", arch["num_heads"])
-    return {**arch, **_rope_from_hf(config)}
+    if config.get("query_pre_attn_scalar"):
+        arch["attention_scale"] = config["query_pre_attn_scalar"] ** -0.5
+    return {**arch, **_rope_from_hf(config), **_attention_from_hf(config, arch.get("num_layers"))}
+
+
+def read_hf_config(path: Path) -> dict:
+    """A checkpoint folder's (or a config.json file's) configuration, normalised by transformers."""
+    from transformers import AutoConfig
+
+    if not path.exists() or (path.is_dir() and not (path / "config.json").is_file()):
+        raise EdgeLLMError(f"{path}: no config.json found; point at a Hugging Face checkpoint folder or its config.json")
+    try:
+        return AutoConfig.from_pretrained(path).to_dict()
+    except (OSError, ValueError, KeyError) as exc:
+        raise EdgeLLMError(f"{path}: transformers cannot read this config ({str(exc).splitlines()[0]}); check config.json") from None
 
 
 def read_json(path: Path) -> dict:
@@ -251,7 +393,7 @@ def read_json(path: Path) -> dict:
 
 def resolve_architecture(spec: ModelSpec, checkpoint_dir: Path) -> Architecture:
     """The spec's architecture, filled in from the checkpoint's config.json where it says so."""
-    fields = architecture_from_hf_config(read_json(checkpoint_dir / "config.json")) if spec.architecture.from_config else {}
+    fields = architecture_from_hf_config(read_hf_config(checkpoint_dir)) if spec.architecture.from_config else {}
     fields.update(spec.architecture.overrides)
     try:
         return Architecture.model_validate(fields)

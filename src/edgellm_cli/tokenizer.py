@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,30 +49,99 @@ def load_tokenizer(path: Path) -> Tokenizer:
     return Tokenizer(path)
 
 
-class StreamDecoder:
-    """Turns a stream of ids into text pieces, holding back bytes of an unfinished UTF-8 character.
+class TextStream:
+    """Token ids in, text out, as it becomes final.
 
-    Decoding the whole sequence each time keeps SentencePiece's leading-space rules and
-    byte-fallback pieces right across token boundaries.
+    Each step decodes only a short window: the tokens since the last released text, with the
+    token before them as context, and keeps what decoding the window adds to decoding its
+    context. Decoding with context keeps SentencePiece's leading spaces, byte-fallback pieces
+    and byte-level BPE right across token boundaries. Text is held back while it ends in an
+    unfinished UTF-8 character, or in what could begin a stop string; once a stop string
+    appears, the text before it is released and `stopped` is set.
     """
 
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer, self.ids, self.emitted = tokenizer, [], ""
+    def __init__(self, tokenizer: Tokenizer, stop_strings: list[str] = (), context: list[int] = ()):
+        """`context`: the tokens before the stream (the prompt's tail), which decide its first spaces."""
+        self.tokenizer, self.stop_strings = tokenizer, [s for s in stop_strings if s]
+        self.ids: list[int] = list(context)[-4:]
+        self.emitted = ""
+        self.stopped = False
+        self._context_start, self._window_start = 0, len(self.ids)
+        self._pending = ""
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd") or not text.startswith(self.emitted):
+        context = self.tokenizer.decode(self.ids[self._context_start : self._window_start])
+        text = self.tokenizer.decode(self.ids[self._context_start :])
+        if text.endswith("\ufffd") or len(text) <= len(context) or not text.startswith(context):
             return ""
-        piece, self.emitted = text[len(self.emitted) :], text
+        self._pending += text[len(context) :]
+        self._context_start, self._window_start = self._window_start, len(self.ids)
+        return self._release()
+
+    def flush(self) -> str:
+        """What is still held back once generation ends without a stop string."""
+        return "" if self.stopped else self._release(final=True)
+
+    def _release(self, final: bool = False) -> str:
+        hits = [i for stop in self.stop_strings if (i := self._pending.find(stop)) >= 0]
+        if hits:
+            self.stopped, cut = True, min(hits)
+        elif final:
+            cut = len(self._pending)
+        else:
+            held = max((k for stop in self.stop_strings for k in range(1, len(stop)) if self._pending.endswith(stop[:k])), default=0)
+            cut = len(self._pending) - held
+        piece, self._pending = self._pending[:cut], self._pending[cut:]
+        self.emitted += piece
         return piece
 
 
+def encode_with_specials(tokenizer: Tokenizer, text: str, specials: dict[str, int]) -> list[int]:
+    """Encode text in which special tokens appear as strings (a rendered chat template).
+
+    SentencePiece never maps control tokens such as `<bos>` from text, so they are cut out
+    and placed as ids; the text between them is encoded normally.
+    """
+    if not specials:
+        return tokenizer.encode(text)
+    pattern = "(" + "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")"
+    ids: list[int] = []
+    for part in re.split(pattern, text):
+        if part in specials:
+            ids.append(specials[part])
+        elif part:
+            ids.extend(tokenizer.encode(part))
+    return ids
+
+
+def render_chat(template: str, messages: list[dict], special_strings: dict[str, str]) -> str:
+    """Render a Hugging Face chat template (Jinja) the way transformers does, ready for the reply."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise EdgeLLMError(f"chat template refused the conversation: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(template).render(messages=messages, add_generation_prompt=True, **special_strings)
+    except jinja2.TemplateError as exc:
+        raise EdgeLLMError(f"chat template does not render ({exc}); fix it or pass --chat-template FILE") from None
+
+
 @dataclass(frozen=True)
-class SpecialTokens:
+class PromptSettings:
+    """How prompts are made for a model: special tokens, stop conditions and the chat template."""
+
     bos_id: int | None
     add_bos: bool
     stop_ids: list[int]
+    stop_strings: list[str]
+    bos_token: str | None  # the special tokens as text, for chat templates
+    eos_token: str | None
+    chat_template: str | None
 
 
 def _ids(value) -> list[int]:
@@ -80,16 +150,41 @@ def _ids(value) -> list[int]:
     return [value] if isinstance(value, int) else list(value)
 
 
-def resolve_special_tokens(spec: ModelSpec, checkpoint_dir: Path) -> SpecialTokens:
-    """The spec's ids where given, else the checkpoint's generation_config.json, then config.json."""
+def _token_text(value) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _chat_template(checkpoint_dir: Path, tokenizer_config: dict) -> str | None:
+    # transformers 5 saves the template beside the config; older checkpoints keep it inside,
+    # sometimes as a list of named templates.
+    if (checkpoint_dir / "chat_template.jinja").is_file():
+        return (checkpoint_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template
+
+
+def resolve_prompt_settings(spec: ModelSpec, checkpoint_dir: Path) -> PromptSettings:
+    """The spec's settings where given, else the checkpoint's generation_config.json, config.json
+    and tokenizer_config.json."""
     found: dict = {}
     for name in ("config.json", "generation_config.json"):  # later files win
         if (checkpoint_dir / name).is_file():
             found.update({k: v for k, v in read_json(checkpoint_dir / name).items() if v is not None})
+    tokenizer_config = read_json(checkpoint_dir / "tokenizer_config.json") if (checkpoint_dir / "tokenizer_config.json").is_file() else {}
     section = spec.tokenizer
     bos = section.bos_id if section.bos_id is not None else found.get("bos_token_id")
     eos = section.eos_ids if section.eos_ids is not None else _ids(found.get("eos_token_id"))
-    stops = list(dict.fromkeys([*eos, *section.stop_ids]))
     if section.add_bos and bos is None:
         raise EdgeLLMError(f"spec {spec.name}: tokenizer.add_bos is set but no BOS id is known; set tokenizer.bos_id")
-    return SpecialTokens(bos_id=bos, add_bos=section.add_bos, stop_ids=stops)
+    return PromptSettings(
+        bos_id=bos,
+        add_bos=section.add_bos,
+        stop_ids=list(dict.fromkeys([*eos, *section.stop_ids])),
+        stop_strings=section.stop_strings,
+        bos_token=_token_text(tokenizer_config.get("bos_token")),
+        eos_token=_token_text(tokenizer_config.get("eos_token")),
+        chat_template=section.chat_template or _chat_template(checkpoint_dir, tokenizer_config),
+    )

@@ -52,10 +52,9 @@ def tflite_logits(model_path: Path, tokens: list[int]) -> np.ndarray:
     model = LiteRTModel(model_path)
     if len(tokens) > model.kv_cache_length:
         raise EdgeLLMError(f"verify.num_tokens ({len(tokens)}) exceeds the KV cache ({model.kv_cache_length}); lower it in the spec")
-    cache = model.empty_cache()
     split = max(1, len(tokens) // 2)
-    rows = [model.prefill(tokens[:split], 0, cache)]
-    rows += [model.decode(t, split + i, cache)[None] for i, t in enumerate(tokens[split:])]
+    rows = [model.prefill(tokens[:split], 0)]
+    rows += [model.decode(t, split + i)[None] for i, t in enumerate(tokens[split:])]
     return np.concatenate(rows)
 
 

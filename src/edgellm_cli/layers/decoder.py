@@ -3,9 +3,9 @@
 import torch
 from torch import nn
 
-from edgellm_cli.layers.attention import Attention
-from edgellm_cli.layers.mlp import GatedMLP
-from edgellm_cli.layers.norms import RMSNorm
+from edgellm_cli.layers.attention import Attention, softcap
+from edgellm_cli.layers.mlp import MLP
+from edgellm_cli.layers.norms import make_norm
 from edgellm_cli.layers.rope import RotaryEmbedding
 from edgellm_cli.spec import Architecture
 
@@ -14,17 +14,31 @@ _MASKED = -1e9
 
 
 class Block(nn.Module):
-    def __init__(self, arch: Architecture):
+    """Pre-norm attention and MLP, sequential or in parallel, with optional post-norms (sandwich)."""
+
+    def __init__(self, arch: Architecture, layer: int):
         super().__init__()
-        self.attn_norm = RMSNorm(arch.hidden_size, arch.norm_eps)
-        self.attn = Attention(arch.hidden_size, arch.num_heads, arch.num_kv_heads, arch.head_dim)
-        self.mlp_norm = RMSNorm(arch.hidden_size, arch.norm_eps)
-        self.mlp = GatedMLP(arch.hidden_size, arch.intermediate_size, arch.activation)
+        self.sliding = arch.layer_type(layer) == "sliding_attention"
+        self.parallel = arch.parallel_residual
+        self.attn_norm = make_norm(arch)
+        self.attn = Attention(arch)
+        self.post_attn_norm = make_norm(arch) if arch.post_attention_norm else None
+        self.mlp_norm = None if arch.parallel_residual else make_norm(arch)
+        self.mlp = MLP(arch)
+        self.post_mlp_norm = make_norm(arch) if arch.post_mlp_norm else None
 
     def forward(self, x, rope, mask, k_cache, v_cache, input_pos):
-        h, k_cache, v_cache = self.attn(self.attn_norm(x), rope, mask, k_cache, v_cache, input_pos)
-        x = x + h
-        return x + self.mlp(self.mlp_norm(x)), k_cache, v_cache
+        h = self.attn_norm(x)
+        attn, k_cache, v_cache = self.attn(h, rope, mask, k_cache, v_cache, input_pos)
+        if self.parallel:
+            return x + attn + self.mlp(h), k_cache, v_cache
+        if self.post_attn_norm is not None:
+            attn = self.post_attn_norm(attn)
+        x = x + attn
+        out = self.mlp(self.mlp_norm(x))
+        if self.post_mlp_norm is not None:
+            out = self.post_mlp_norm(out)
+        return x + out, k_cache, v_cache
 
 
 class Decoder(nn.Module):
@@ -32,11 +46,14 @@ class Decoder(nn.Module):
         super().__init__()
         self.arch = arch
         self.embed = nn.Embedding(arch.vocab_size, arch.hidden_size)
-        self.blocks = nn.ModuleList(Block(arch) for _ in range(arch.num_layers))
-        self.norm = RMSNorm(arch.hidden_size, arch.norm_eps)
-        self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
+        self.blocks = nn.ModuleList(Block(arch, i) for i in range(arch.num_layers))
+        self.norm = make_norm(arch)
+        self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=arch.lm_head_bias)
         self.tie_weights()
-        self.rope = RotaryEmbedding(arch.head_dim, arch.rope_theta, arch.rope_scaling)
+        self.rope = RotaryEmbedding(arch.rotary_dim, arch.rope_theta, arch.rope_scaling)
+        # Sliding layers may rotate with their own base (two RoPE bases); otherwise they share.
+        local = arch.rope_local_theta is not None
+        self.rope_local = RotaryEmbedding(arch.rotary_dim, arch.rope_local_theta) if local else None
 
     def tie_weights(self) -> None:
         if self.arch.tie_word_embeddings:
@@ -49,15 +66,28 @@ class Decoder(nn.Module):
         shape = self.cache_shape(kv_cache_length)
         return {f"kv_cache_{kind}_{i}": torch.zeros(shape) for i in range(self.arch.num_layers) for kind in "kv"}
 
+    def _masks(self, input_pos: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Additive [N, T] masks: causal, and causal within the sliding window."""
+        key_pos = torch.arange(kv_len, dtype=input_pos.dtype)[None, :]
+        query_pos = input_pos[:, None]
+        causal = key_pos <= query_pos
+        full = torch.where(causal, 0.0, _MASKED)
+        if self.arch.sliding_window is None:
+            return full, None
+        return full, torch.where(causal & (key_pos > query_pos - self.arch.sliding_window), 0.0, _MASKED)
+
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_cache: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """tokens [1, N] at positions input_pos [N] (consecutive); returns logits [1, N, vocab] and the new caches."""
-        kv_len = kv_cache["kv_cache_k_0"].shape[1]
-        visible = torch.arange(kv_len, dtype=input_pos.dtype)[None, :] <= input_pos[:, None]
-        mask = torch.where(visible, 0.0, _MASKED)
+        full_mask, sliding_mask = self._masks(input_pos, kv_cache["kv_cache_k_0"].shape[1])
         rope = self.rope(input_pos)
+        rope_local = self.rope_local(input_pos) if self.rope_local is not None else rope
         x = self.embed(tokens)
+        if self.arch.embedding_scale:
+            x = x * (self.arch.hidden_size**0.5)
         new_cache = {}
         for i, block in enumerate(self.blocks):
             k, v = f"kv_cache_k_{i}", f"kv_cache_v_{i}"
-            x, new_cache[k], new_cache[v] = block(x, rope, mask, kv_cache[k], kv_cache[v], input_pos)
-        return {"logits": self.lm_head(self.norm(x)), **new_cache}
+            mask, block_rope = (sliding_mask, rope_local) if block.sliding else (full_mask, rope)
+            x, new_cache[k], new_cache[v] = block(x, block_rope, mask, kv_cache[k], kv_cache[v], input_pos)
+        logits = softcap(self.lm_head(self.norm(x)), self.arch.final_logit_softcap)
+        return {"logits": logits, **new_cache}

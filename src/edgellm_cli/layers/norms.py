@@ -3,16 +3,26 @@
 import torch
 from torch import nn
 
+from edgellm_cli.spec import Architecture
+
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm, computed in float32 as the reference implementations do."""
+    """Root-mean-square norm in float32, scaled by (offset + weight)."""
 
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, offset: float = 0.0):
         super().__init__()
-        self.eps = eps
+        self.eps, self.offset = eps, offset
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight).type_as(x)
+        scale = self.weight.float() + self.offset if self.offset else self.weight.float()
+        return (normed * scale).type_as(x)
+
+
+def make_norm(arch: Architecture, dim: int | None = None) -> nn.Module:
+    dim = dim or arch.hidden_size
+    if arch.norm == "layer":
+        return nn.LayerNorm(dim, eps=arch.norm_eps)
+    return RMSNorm(dim, arch.norm_eps, arch.norm_offset)

@@ -1,4 +1,4 @@
-"""Rotary position embedding, with the inverse frequencies built once and cos/sin taken at `input_pos`."""
+"""Rotary position embedding: inverse frequencies built once, cos/sin taken at `input_pos`."""
 
 import math
 
@@ -8,12 +8,14 @@ from torch import nn
 from edgellm_cli.spec import RopeScaling
 
 
-def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+def inverse_frequencies(rotary_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
     # An explicit device: the model may be built under torch.device("meta"), but this is computed, not loaded.
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float64, device="cpu") / rotary_dim
     inv_freq = 1.0 / theta**exponents
     if scaling is None:
         return inv_freq.float()
+    if scaling.type == "linear":
+        return (inv_freq / scaling.factor).float()
     return _llama3_scale(inv_freq, scaling).float()
 
 
@@ -30,19 +32,19 @@ def _llama3_scale(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, theta: float, scaling: RopeScaling | None):
+    def __init__(self, rotary_dim: int, theta: float, scaling: RopeScaling | None = None):
         super().__init__()
-        self.register_buffer("inv_freq", inverse_frequencies(head_dim, theta, scaling), persistent=False)
+        self.register_buffer("inv_freq", inverse_frequencies(rotary_dim, theta, scaling), persistent=False)
 
     def forward(self, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of shape [N, head_dim // 2] for positions `input_pos` [N]."""
+        """cos and sin of shape [N, rotary_dim // 2] for positions `input_pos` [N]."""
         angles = input_pos.float()[:, None] * self.inv_freq[None, :]
         return torch.cos(angles), torch.sin(angles)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, N, heads, head_dim] in the Hugging Face half-split layout."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
+    """Rotate the first rotary_dim features of x [B, N, heads, head_dim], Hugging Face half-split layout."""
+    half = cos.shape[-1]
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)

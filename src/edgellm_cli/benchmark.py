@@ -1,0 +1,97 @@
+"""`edgellm bench`: how fast a `.tflite` runs on this machine, through edgellm's pipeline and raw.
+
+The raw numbers time the model call alone on inputs already in place; the pipeline numbers add
+what `run` does around it (writing the token, reading logits, sampling, detokenising), so the
+difference is edgellm's own overhead.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgellm_cli.runtime import LiteRTModel, Sampler, Session
+from edgellm_cli.tokenizer import TextStream, Tokenizer
+
+
+def _rate(tokens: int, seconds: float) -> float:
+    return tokens / seconds if seconds > 0 else float("inf")
+
+
+def _best_of(repeats: int, run) -> float:
+    """Fastest of `repeats` timed runs: the least disturbed by the rest of the machine."""
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
+def benchmark(
+    model_path: Path,
+    tokenizer: Tokenizer | None,
+    threads: int | None,
+    prompt_tokens: int,
+    decode_tokens: int,
+    repeats: int = 3,
+) -> dict:
+    load_started = time.perf_counter()
+    model = LiteRTModel(model_path, num_threads=threads)
+    load_seconds = time.perf_counter() - load_started
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, model.vocab_size, size=prompt_tokens).tolist()
+    if prompt_tokens + decode_tokens > model.kv_cache_length:
+        decode_tokens = model.kv_cache_length - prompt_tokens
+    greedy = Sampler()
+
+    prefill = {}
+    for n, signature in model.prefill_signatures.items():
+        model.run(signature, prompt[:n] + [0] * (n - len(prompt[:n])), 0)  # warm-up: first call sets up kernels
+        seconds = _best_of(repeats, lambda: model.invoke(signature))
+        prefill[signature] = {"tokens": n, "ms": round(seconds * 1e3, 3), "tokens_per_second": round(_rate(n, seconds), 1)}
+
+    def first_token() -> None:
+        session = Session(model)
+        session.feed(prompt)
+        next(session.generate(1, greedy, stop_ids=[]))
+
+    ttft = _best_of(repeats, first_token)
+
+    def pipeline_decode() -> None:
+        session = Session(model)
+        session.feed(prompt)
+        stream = TextStream(tokenizer, context=prompt) if tokenizer is not None else None
+        for token in session.generate(decode_tokens + 1, greedy, stop_ids=[]):
+            if stream is not None:
+                stream.push(token)
+
+    # Time the whole pipeline, then subtract a prefill measured alone, leaving the decode steps.
+    def prefill_only() -> None:
+        Session(model).feed(prompt)
+
+    pipeline_seconds = _best_of(repeats, pipeline_decode) - _best_of(repeats, prefill_only)
+
+    def raw_decode() -> None:
+        for _ in range(decode_tokens):
+            model.invoke("decode")
+
+    model.run("decode", [prompt[-1]], prompt_tokens)  # inputs in place for the raw loop
+    raw_seconds = _best_of(repeats, raw_decode)
+    pipeline_rate, raw_rate = _rate(decode_tokens, pipeline_seconds), _rate(decode_tokens, raw_seconds)
+    return {
+        "model": str(model_path),
+        "threads": threads or 0,
+        "load_seconds": round(load_seconds, 3),
+        "prompt_tokens": prompt_tokens,
+        "decode_tokens": decode_tokens,
+        "time_to_first_token_ms": round(ttft * 1e3, 3),
+        "prefill": prefill,
+        "decode_tokens_per_second": round(pipeline_rate, 2),
+        "raw_decode_tokens_per_second": round(raw_rate, 2),
+        "pipeline_overhead_percent": round(100 * (1 - pipeline_rate / raw_rate), 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }

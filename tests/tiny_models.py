@@ -1,0 +1,69 @@
+"""Tiny random-weight checkpoints, one per shipped spec, written by each architecture's real
+`transformers` class with `save_pretrained`, so the reference is code nobody on this team wrote.
+
+Dimensions are small but keep each architecture's structure; sliding windows are shorter than
+the 32 verification tokens so the window is exercised. Used by the tests and by
+`scripts/architecture_table.py`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO.parent / "shared" / "assets"
+SPM = REPO / "demo" / "stories260K" / "tokenizer.model"
+BPE_JSON = ASSETS / "tokenizers" / "phi-2" / "tokenizer.json"  # a stand-in: verification uses token ids only
+
+WINDOW = 6
+COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=None,
+              initializer_range=0.2)  # logits with a trained model's spread (std ~1.6), so 1e-3 means something
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+# spec name -> (transformers class prefix, config overrides)
+TINY = {
+    "tinyllama-1.1b": ("Llama", {"tie_word_embeddings": False}),
+    "smollm2-135m": ("Llama", {"tie_word_embeddings": True, "num_key_value_heads": 1}),
+    "llama-3.2-1b": ("Llama", {"tie_word_embeddings": True, "rope_parameters": LLAMA3_ROPE}),
+    "qwen2.5-0.5b": ("Qwen2", {"tie_word_embeddings": True}),
+    "qwen2.5-1.5b": ("Qwen2", {"tie_word_embeddings": False}),
+    "qwen3-0.6b": ("Qwen3", {"tie_word_embeddings": True, "head_dim": 24}),
+    "gemma-2b": ("Gemma", {"num_key_value_heads": 1, "head_dim": 16}),
+    "gemma-2-2b": ("Gemma2", {"head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 16,
+                              "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}),
+    "gemma-3-1b": ("Gemma3", {"head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 16,
+                              "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}),
+    "phi-2": ("Phi", {"num_key_value_heads": 4, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.4}}),
+    "phi-3-mini": ("Phi3", {"sliding_window": WINDOW}),
+    "mistral-7b-v0.1": ("Mistral", {"head_dim": 16, "sliding_window": WINDOW}),
+}
+
+
+def make_tiny_checkpoint(spec_name: str, folder: Path, tokenizer_file: str, max_shard_size: str | None = None, **extra) -> Path:
+    import torch
+    import transformers
+
+    prefix, overrides = TINY[spec_name]
+    config_class = getattr(transformers, f"{prefix}TextConfig" if prefix == "Gemma3" else f"{prefix}Config")
+    model_class = getattr(transformers, f"{prefix}ForCausalLM")
+    torch.manual_seed(0)
+    model = model_class(config_class(**{**COMMON, **overrides, **extra}))
+    _perturb_norms(model)
+    model.save_pretrained(folder, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    tokenizer = SPM if tokenizer_file == "tokenizer.model" else BPE_JSON
+    shutil.copyfile(tokenizer, folder / tokenizer_file)
+    return folder
+
+
+def _perturb_norms(model) -> None:
+    """Random init leaves norm weights at 1 (or 0 with a +1 offset) and biases at 0, which would
+    hide a missing offset or bias; give them random values as trained checkpoints have."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                param.add_(torch.randn_like(param) * 0.1)
