@@ -54,20 +54,30 @@ def pipeline_options(func):
     return func
 
 
-def _run_stages(stages, spec_path, checkpoint, token, offline, as_json, output: Path | None = None) -> None:
+def _print_stage(console, result) -> None:
+    how = "[dim]cached[/]" if result.cached else "[green]ran[/]"
+    console.print(f"  {result.stage:<14} {how} {result.seconds:7.2f}s  {_summary(result)}")
+
+
+def _run_stages(stages, spec_path, checkpoint, token, offline, as_json, output: Path | None = None, recipe: str | None = None) -> None:
     from edgellm_cli.pipeline import Pipeline
 
     spec = _load_spec(spec_path)
     pipeline = Pipeline(spec, checkpoint=checkpoint, token=token, offline=offline)
     console = _console()
+    steps = [(stage, lambda stage=stage: pipeline.stage(stage)) for stage in stages]
+    if recipe is not None:
+        from edgellm_cli.quantize import load_recipe
+
+        loaded = load_recipe(recipe)
+        steps.append(("quantize", lambda: pipeline.quantize(loaded)))
     results = []
-    for stage in stages:
+    for stage, step in steps:
         with console.status(f"[bold]{stage}[/] {spec.name}…", spinner="dots"):
-            result = pipeline.stage(stage)
+            result = step()
         results.append(result)
         if not as_json:
-            how = "[dim]cached[/]" if result.cached else "[green]ran[/]"
-            console.print(f"  {stage:<14} {how} {result.seconds:7.2f}s  {_summary(result)}")
+            _print_stage(console, result)
     copied = pipeline.export_outputs(output) if output is not None else []
     if as_json:
         _emit_json({"spec": spec.name, "stages": [r.as_json() for r in results], "outputs": [str(p) for p in copied]})
@@ -86,6 +96,9 @@ def _summary(result) -> str:
         return f"{Path(report['checkpoint_dir']).name}: {arch['num_layers']} layers, hidden {arch['hidden_size']}, vocab {arch['vocab_size']}"
     if result.stage == "convert":
         return f"{report['size_bytes'] / 1e6:.2f} MB, signatures " + ", ".join([*(f"prefill_{n}" for n in report["prefill_lengths"]), "decode"])
+    if result.stage == "quantize":
+        fallback = f", {len(report['block_fallbacks'])} weights per channel (not divisible into blocks)" if report["block_fallbacks"] else ""
+        return f"{report['recipe']}: {report['size_before'] / 1e6:.2f} MB -> {report['size_after'] / 1e6:.2f} MB ({report['ratio']:.1%}){fallback}"
     worst = max(report["comparisons"].values(), key=lambda m: m["max_abs_logit_diff"])
     return f"max |Δlogit| {worst['max_abs_logit_diff']:.2e}, top-1 {worst['top1_agreement']:.1%}"
 
@@ -114,12 +127,13 @@ def cli() -> None:
 @cli.command(epilog="\b\nExample:\n  edgellm build --spec model_specs/stories260k.yaml -o build/stories260k")
 @pipeline_options
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Write model.tflite, tokenizer and edgellm.json here (default: build/<spec name>).")
-def build(spec_path, checkpoint, token, offline, as_json, output) -> None:
-    """Run fetch -> verify -> convert -> verify-tflite, skipping stages already cached."""
+@click.option("--recipe", help="Then quantize with this recipe (a name from `edgellm recipes list`, or a YAML file).")
+def build(spec_path, checkpoint, token, offline, as_json, output, recipe) -> None:
+    """Run fetch -> verify -> convert -> verify-tflite (-> quantize), skipping stages already cached."""
     from edgellm_cli.pipeline import STAGES
 
     output = output or Path("build") / _load_spec(spec_path).name
-    _run_stages(STAGES, spec_path, checkpoint, token, offline, as_json, output)
+    _run_stages(STAGES, spec_path, checkpoint, token, offline, as_json, output, recipe)
 
 
 @cli.command(epilog="\b\nExample:\n  HF_HUB_OFFLINE=1 edgellm fetch --spec model_specs/MODEL.yaml")
@@ -308,6 +322,90 @@ def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_j
     table.add_row("pipeline overhead", f"{report['pipeline_overhead_percent']:.1f} %")
     table.add_row("peak RSS", f"{report['peak_rss_mb']:.0f} MB")
     Console().print(table)
+
+
+@cli.command(epilog="\b\nExamples:\n  edgellm quantize build/stories260k/model.tflite --recipe int8-dynamic\n  edgellm quantize model.tflite --recipe my-recipe.yaml -o model-q.tflite --json")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--recipe", required=True, help="A name from `edgellm recipes list`, or a YAML recipe file.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write it (default: MODEL-<recipe>.tflite beside MODEL).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def quantize(model, recipe, output, as_json) -> None:
+    """Quantize a .tflite with a recipe; every signature and I/O name is kept."""
+    import shutil
+
+    from edgellm_cli.cache import ArtifactCache
+    from edgellm_cli.pipeline import MODEL_FILE, quantize_file
+    from edgellm_cli.quantize import load_recipe
+
+    loaded = load_recipe(recipe)
+    with _console().status(f"[bold]quantize[/] {model.name} with {loaded.name}…", spinner="dots"):
+        result = quantize_file(ArtifactCache(), model, loaded)
+    output = output or model.with_name(f"{model.stem}-{loaded.name}.tflite")
+    shutil.copyfile(result.path / MODEL_FILE, output)
+    if as_json:
+        _emit_json({**result.as_json(), "output": str(output)})
+        return
+    _print_stage(_console(), result)
+    click.echo(output)
+
+
+@cli.command("eval", epilog="\b\nExample:\n  edgellm eval build/stories260k/model.tflite build/stories260k/model-int8-dynamic.tflite --corpus story.txt")
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--corpus", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path), help="A UTF-8 text file.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="Default: the one named by edgellm.json beside the first model.")
+@click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(min=2), help="Evaluate the first N tokens of the corpus.")
+@click.option("--window", type=click.IntRange(min=2), help="Tokens per window (default: min(256, KV cache)).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def evaluate_models(models, corpus, tokenizer, max_tokens, window, as_json) -> None:
+    """Perplexity of each model over a corpus; against the first (float) model, top-1 agreement and mean KL."""
+    from edgellm_cli.evaluate import evaluate
+    from edgellm_cli.runtime import read_metadata
+    from edgellm_cli.tokenizer import load_tokenizer
+
+    metadata = read_metadata(models[0])
+    if tokenizer is None:
+        if "tokenizer" not in metadata:
+            raise click.UsageError("no edgellm.json beside the first model names its tokenizer; pass --tokenizer")
+        tokenizer = models[0].parent / metadata["tokenizer"]
+    bos = metadata.get("bos_id") if metadata.get("add_bos", True) else None
+    with _console().status("[bold]eval[/]…", spinner="dots"):
+        report = evaluate(list(models), load_tokenizer(tokenizer), corpus, bos, max_tokens, window)
+    if as_json:
+        _emit_json(report)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "size", "perplexity", "top-1 vs first", "mean KL vs first", title=f"{corpus.name}: {report['tokens']} tokens")
+    for row in report["models"]:
+        agreement = f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "-"
+        kl = f"{row['mean_kl']:.4f}" if "mean_kl" in row else "-"
+        table.add_row(Path(row["model"]).name, f"{row['size_bytes'] / 1e6:.2f} MB", f"{row['perplexity']:.3f}", agreement, kl)
+    Console().print(table)
+
+
+@cli.group()
+def recipes() -> None:
+    """List or show quantization recipes."""
+
+
+@recipes.command("list")
+def recipes_list() -> None:
+    """The shipped recipes, one line each."""
+    from edgellm_cli.quantize import load_recipe, recipe_names
+
+    for name in recipe_names():
+        click.echo(f"{name:<18} {load_recipe(name).description}")
+
+
+@recipes.command("show")
+@click.argument("name")
+def recipes_show(name) -> None:
+    """A recipe's rules, and the ai-edge-quantizer recipe they become."""
+    from edgellm_cli.quantize import load_recipe
+
+    recipe = load_recipe(name)
+    _emit_json({"recipe": recipe.model_dump(), "ai_edge_quantizer": recipe.to_aeq()})
 
 
 @cli.group()

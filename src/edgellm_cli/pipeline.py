@@ -64,17 +64,8 @@ class Pipeline:
         self._results: dict[str, StageResult] = {}
 
     def _stage(self, stage: str, inputs: dict, produce: Callable[[Path], dict]) -> StageResult:
-        """Serve `stage` from the cache, or run `produce(folder)` into a fresh artifact folder."""
-        started = time.perf_counter()
-        key = artifact_key(stage, inputs)
-        cached = self.cache.lookup(stage, key)
-        if cached is None:
-            with self.cache.writing(stage, key) as folder:
-                _write_json(folder / REPORT_FILE, produce(folder))
-        path = self.cache.path(stage, key)
-        result = StageResult(stage, key, path, cached is not None, time.perf_counter() - started, _read_json(path / REPORT_FILE))
-        self._results[stage] = result
-        return result
+        self._results[stage] = run_stage(self.cache, stage, inputs, produce)
+        return self._results[stage]
 
     # -- fetch ------------------------------------------------------------------------------
     def fetch(self) -> StageResult:
@@ -178,12 +169,24 @@ class Pipeline:
         inputs = {"verify": verified.key, "convert": converted.key, "limits": self.spec.verify.model_dump()}
         return self._stage("verify-tflite", inputs, produce)
 
+    # -- quantize ---------------------------------------------------------------------------
+    def quantize(self, recipe) -> StageResult:
+        """The converted model quantized by `recipe` (a quantize.Recipe)."""
+        from edgellm_cli.quantize import quantize_tflite
+
+        converted = self._results.get("convert") or self.convert()
+        model = converted.path / MODEL_FILE
+        inputs = {"model": converted.key, "recipe": recipe.model_dump()}
+        return self._stage("quantize", inputs, lambda folder: quantize_tflite(model, recipe, folder / MODEL_FILE))
+
     def stage(self, name: str) -> StageResult:
         return {"fetch": self.fetch, "verify": self.verify, "convert": self.convert, "verify-tflite": self.verify_tflite}[name]()
 
     def export_outputs(self, out_dir: Path) -> list[Path]:
-        """Write the converted model, its tokenizer and `edgellm.json` (what `run` needs) into `out_dir`."""
+        """Write the model (quantized if this build quantized it), its tokenizer and `edgellm.json`
+        (what `run` needs) into `out_dir`."""
         converted, fetched = self._results.get("convert") or self.convert(), self._fetched().report
+        final = self._results.get("quantize") or converted
         tokenizer = Path(fetched["checkpoint_dir"]) / self.spec.tokenizer.file
         metadata = {
             "name": self.spec.name,
@@ -192,9 +195,33 @@ class Pipeline:
             **fetched["prompt"],
             "prefill_lengths": converted.report["prefill_lengths"],
             "kv_cache_length": converted.report["kv_cache_length"],
+            "recipe": final.report.get("recipe"),
         }
         out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(converted.path / MODEL_FILE, out_dir / MODEL_FILE)
+        shutil.copyfile(final.path / MODEL_FILE, out_dir / MODEL_FILE)
         shutil.copyfile(tokenizer, out_dir / tokenizer.name)
         _write_json(out_dir / METADATA_FILE, metadata)
         return [out_dir / MODEL_FILE, out_dir / tokenizer.name, out_dir / METADATA_FILE]
+
+
+
+def run_stage(cache: ArtifactCache, stage: str, inputs: dict, produce: Callable[[Path], dict]) -> StageResult:
+    """Serve `stage` from the cache, or run `produce(folder)` into a fresh artifact folder."""
+    started = time.perf_counter()
+    key = artifact_key(stage, inputs)
+    cached = cache.lookup(stage, key)
+    if cached is None:
+        with cache.writing(stage, key) as folder:
+            _write_json(folder / REPORT_FILE, produce(folder))
+    path = cache.path(stage, key)
+    return StageResult(stage, key, path, cached is not None, time.perf_counter() - started, _read_json(path / REPORT_FILE))
+
+
+def quantize_file(cache: ArtifactCache, model: Path, recipe) -> StageResult:
+    """Cached quantization of any `.tflite`, keyed by its content and the recipe."""
+    from edgellm_cli.quantize import quantize_tflite
+
+    if not model.is_file():
+        raise EdgeLLMError(f"model {model} does not exist; pass the path of a .tflite file")
+    inputs = {"model": file_digest(model), "recipe": recipe.model_dump()}
+    return run_stage(cache, "quantize", inputs, lambda folder: quantize_tflite(model, recipe, folder / MODEL_FILE))

@@ -15,6 +15,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # ai-edge-quantizer's progress bars
     for name in ("torchao", "torch.utils._pytree", "absl"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

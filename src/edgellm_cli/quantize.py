@@ -1,0 +1,201 @@
+"""Quantize stage: YAML recipes in `recipes/`, applied to a `.tflite` through ai-edge-quantizer.
+
+A recipe is a list of rules; each rule picks ops by a regular expression over their output
+tensor names (our module paths: `Attention_attn`, `MLP_mlp`, `Linear_q`, `logits_output`, ...)
+and optionally by TFLite op name, and says how their weights are stored. Later rules win where
+several match, as in ai-edge-quantizer itself.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.spec import _describe
+
+BUILTIN_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+_GRANULARITY = {
+    "tensor": "TENSORWISE",
+    "channel": "CHANNELWISE",
+    "block32": "BLOCKWISE_32",
+    "block64": "BLOCKWISE_64",
+    "block128": "BLOCKWISE_128",
+    "block256": "BLOCKWISE_256",
+}
+
+
+class QuantRule(BaseModel):
+    """One rule of a recipe: which ops, and how their weights are stored.
+
+    mode dynamic: integer weights, activations quantized on the fly by the kernel (fast).
+    mode weight_only: integer weights dequantized to float before the op (more accurate).
+    mode float16: weights stored as float16 and computed in float.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: str = ".*"  # regular expression searched in each op's output tensor names
+    ops: list[str] = ["*"]  # TFLite op names (FULLY_CONNECTED, EMBEDDING_LOOKUP, ...); * is any
+    mode: Literal["dynamic", "weight_only", "float16"]
+    bits: Literal[4, 8, 16] = 8
+    granularity: Literal["tensor", "channel", "block32", "block64", "block128", "block256"] = "channel"
+    symmetric: bool = True
+
+    @model_validator(mode="after")
+    def _supported(self) -> QuantRule:
+        try:
+            re.compile(self.match)
+        except re.error as exc:
+            raise ValueError(f"match {self.match!r} is not a valid regular expression ({exc})") from None
+        if self.mode == "float16":
+            if self.bits != 16 and "bits" in self.model_fields_set or self.granularity != "channel" and "granularity" in self.model_fields_set:
+                raise ValueError("float16 takes no bits or granularity: weights are cast whole")
+        elif self.bits not in (4, 8):
+            raise ValueError(f"{self.mode} quantization takes bits 4 or 8, not {self.bits}")
+        elif self.granularity.startswith("block") and not self.symmetric:
+            raise ValueError(f"{self.granularity} needs symmetric: true (blockwise scales have no zero point)")
+        elif self.bits == 4 and self.granularity == "tensor":
+            raise ValueError("4-bit weights need channel or block granularity; one scale per tensor loses too much")
+        return self
+
+    def to_aeq(self) -> dict:
+        """The rule as an ai-edge-quantizer recipe entry (its JSON recipe format)."""
+        if self.mode == "float16":
+            weights = {"num_bits": 16, "symmetric": True, "granularity": "TENSORWISE", "dtype": "FLOAT"}
+            algorithm, compute, explicit = "float_casting", "FLOAT", True
+        else:
+            weights = {"num_bits": self.bits, "symmetric": self.symmetric, "granularity": _GRANULARITY[self.granularity], "dtype": "INT"}
+            algorithm = "min_max_uniform_quantize"
+            compute, explicit = ("INTEGER", False) if self.mode == "dynamic" else ("FLOAT", True)
+        config = {"weight_tensor_config": weights, "compute_precision": compute, "explicit_dequantize": explicit, "skip_checks": False, "min_weight_elements": 0}
+        return [{"regex": self.match, "operation": op, "algorithm_key": algorithm, "op_config": config} for op in self.ops]
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    rules: list[QuantRule] = Field(min_length=1)
+
+    def to_aeq(self) -> list[dict]:
+        return [entry for rule in self.rules for entry in rule.to_aeq()]
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_RECIPES.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A shipped recipe by name (`int8-dynamic`) or a YAML file; problems are one line."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+            raise EdgeLLMError(f"recipe file {path} does not exist")
+        if str(name_or_path) not in recipe_names():
+            raise EdgeLLMError(f"unknown recipe {name_or_path!r}; known: {', '.join(recipe_names())} (or pass a YAML file)")
+        path = BUILTIN_RECIPES / f"{name_or_path}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise EdgeLLMError(f"recipe {path.name}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise EdgeLLMError(f"recipe {path.name}: {_describe(exc.errors()[0])}") from None
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    name: str  # TFLite op name
+    scope: str  # its output tensor names, what rules match against
+    weight_shape: tuple[int, ...] | None  # the constant weight input of FULLY_CONNECTED / EMBEDDING_LOOKUP
+
+
+_WEIGHT_OPS = {"FULLY_CONNECTED", "EMBEDDING_LOOKUP"}
+
+
+def model_ops(model_path: Path) -> list[OpInfo]:
+    """Every op of every signature, as ai-edge-quantizer sees them."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
+
+    model = tfl.read_model(str(model_path))
+    ops = []
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex].builtinCode
+            name = tfl.TFL_OP_CODE_TO_NAME.get(code, f"BUILTIN_{code}")  # ops it cannot quantize have no name there
+            weight = subgraph.tensors[op.inputs[1]] if name in _WEIGHT_OPS and len(op.inputs) > 1 else None
+            shape = tuple(int(d) for d in weight.shape) if weight is not None and weight.buffer > 0 else None
+            ops.append(OpInfo(name, tfl.get_op_scope(op, subgraph.tensors), shape))
+    return ops
+
+
+def _selects(rule: QuantRule, op: OpInfo) -> bool:
+    return ("*" in rule.ops or op.name in rule.ops) and re.search(rule.match, op.scope) is not None
+
+
+def _short_name(scope: str) -> str:
+    """`Block_3.Linear_down` for our long module-path tensor names; the signature output otherwise."""
+    blocks, linears = re.findall(r"Block_\d+", scope), re.findall(r"Linear_[a-z_]+?(?=;|$)", scope)
+    if blocks and linears:
+        return f"{blocks[-1]}.{linears[-1]}"
+    return re.sub(r"^(prefill_\d+|decode)_", "", scope.split(";")[0])
+
+
+def plan_recipe(recipe: Recipe, ops: list[OpInfo]) -> tuple[list[dict], list[str]]:
+    """The ai-edge-quantizer recipe for these ops, and the weights that fell back from blocks to channels.
+
+    A blockwise rule cannot split a weight whose input dimension is not a multiple of the block;
+    such weights keep the rule's bits with one scale per channel instead.
+    """
+    for index, rule in enumerate(recipe.rules, 1):
+        if not any(_selects(rule, op) for op in ops):
+            raise EdgeLLMError(
+                f"recipe {recipe.name} rule {index} (match {rule.match!r}, ops {rule.ops}) selects no op of this model; "
+                "fix its regular expression or op names"
+            )
+    entries, fallbacks = recipe.to_aeq(), []
+    for op in ops:
+        winner = next((r for r in reversed(recipe.rules) if _selects(r, op)), None)
+        if winner is None or op.weight_shape is None or not winner.granularity.startswith("block"):
+            continue
+        if op.weight_shape[-1] % int(winner.granularity.removeprefix("block")):
+            channelwise = winner.model_copy(update={"match": "^" + re.escape(op.scope) + "$", "ops": [op.name], "granularity": "channel"})
+            entries += channelwise.to_aeq()
+            fallbacks.append(_short_name(op.scope))
+    return entries, sorted(set(fallbacks))
+
+
+def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path) -> dict:
+    """Write `out_path`, the model quantized by `recipe`; returns sizes and time."""
+    from ai_edge_quantizer import quantizer
+
+    from edgellm_cli.quiet import native_output_to
+
+    entries, fallbacks = plan_recipe(recipe, model_ops(model_path))
+    started = time.perf_counter()
+    try:
+        with native_output_to(out_path.with_suffix(".log")):
+            qt = quantizer.Quantizer(str(model_path))
+            qt.load_quantization_recipe(entries)
+            qt.quantize().export_model(str(out_path), overwrite=True)
+    except (ValueError, RuntimeError) as exc:
+        raise EdgeLLMError(f"recipe {recipe.name}: ai-edge-quantizer refused it ({str(exc).splitlines()[0]})") from None
+    before, after = model_path.stat().st_size, out_path.stat().st_size
+    return {
+        "recipe": recipe.name,
+        "size_before": before,
+        "size_after": after,
+        "ratio": round(after / before, 4),
+        "seconds": round(time.perf_counter() - started, 2),
+        "block_fallbacks": fallbacks,
+    }
