@@ -59,7 +59,7 @@ def _print_stage(console, result) -> None:
     console.print(f"  {result.stage:<14} {how} {result.seconds:7.2f}s  {_summary(result)}")
 
 
-def _run_stages(stages, spec_path, checkpoint, token, offline, as_json, output: Path | None = None, recipe: str | None = None) -> None:
+def _run_stages(stages, spec_path, checkpoint, token, offline, as_json, output: Path | None = None, recipe: str | None = None, bundle_formats=()) -> None:
     from edgellm_cli.pipeline import Pipeline
 
     spec = _load_spec(spec_path)
@@ -79,6 +79,11 @@ def _run_stages(stages, spec_path, checkpoint, token, offline, as_json, output: 
         if not as_json:
             _print_stage(console, result)
     copied = pipeline.export_outputs(output) if output is not None else []
+    if bundle_formats:
+        from edgellm_cli.bundle import bundle as write_bundle
+
+        for fmt in bundle_formats:
+            copied.append(Path(write_bundle(output / "model.tflite", fmt, output / f"{spec.name}.{fmt}")["output"]))
     if as_json:
         _emit_json({"spec": spec.name, "stages": [r.as_json() for r in results], "outputs": [str(p) for p in copied]})
         return
@@ -128,12 +133,13 @@ def cli() -> None:
 @pipeline_options
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Write model.tflite, tokenizer and edgellm.json here (default: build/<spec name>).")
 @click.option("--recipe", help="Then quantize with this recipe (a name from `edgellm recipes list`, or a YAML file).")
-def build(spec_path, checkpoint, token, offline, as_json, output, recipe) -> None:
-    """Run fetch -> verify -> convert -> verify-tflite (-> quantize), skipping stages already cached."""
+@click.option("--bundle", "bundle_formats", multiple=True, type=click.Choice(["litertlm", "task"]), help="Then bundle the output for this runtime (repeatable).")
+def build(spec_path, checkpoint, token, offline, as_json, output, recipe, bundle_formats) -> None:
+    """Run fetch -> verify -> convert -> verify-tflite (-> quantize -> bundle), skipping stages already cached."""
     from edgellm_cli.pipeline import STAGES
 
     output = output or Path("build") / _load_spec(spec_path).name
-    _run_stages(STAGES, spec_path, checkpoint, token, offline, as_json, output, recipe)
+    _run_stages(STAGES, spec_path, checkpoint, token, offline, as_json, output, recipe, bundle_formats)
 
 
 @cli.command(epilog="\b\nExample:\n  HF_HUB_OFFLINE=1 edgellm fetch --spec model_specs/MODEL.yaml")
@@ -347,6 +353,42 @@ def quantize(model, recipe, output, as_json) -> None:
         return
     _print_stage(_console(), result)
     click.echo(output)
+
+
+@cli.command(epilog="\b\nExamples:\n  edgellm bundle build/stories260k/model.tflite --format litertlm\n  edgellm bundle build/stories260k/model.tflite --format task -o stories.task")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["litertlm", "task"]), required=True, help="LiteRT-LM .litertlm or MediaPipe .task.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Default: MODEL with the format's extension.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="Default: the one named by edgellm.json beside MODEL.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def bundle(model, fmt, output, tokenizer, as_json) -> None:
+    """Package MODEL with its tokenizer, start/stop tokens and prompt template for a runtime."""
+    from edgellm_cli.bundle import bundle as write_bundle
+
+    report = write_bundle(model, fmt, output or model.with_suffix(f".{fmt}"), tokenizer)
+    if as_json:
+        _emit_json(report)
+        return
+    _console().print(f"  bundle         [green]wrote[/] {report['size_bytes'] / 1e6:.2f} MB  start {report.get('start_id', report.get('start_token'))}, "
+                     f"stop {report.get('stop_ids', report.get('stop_tokens'))}")
+    click.echo(report["output"])
+
+
+@cli.command(epilog="\b\nExamples:\n  edgellm inspect build/stories260k/model.tflite\n  edgellm inspect stories.task --json")
+@click.argument("path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(path, as_json) -> None:
+    """Show a .tflite's signatures and weight sizes, or a .litertlm / .task bundle's contents and metadata."""
+    from edgellm_cli.inspect import inspect_file
+
+    report = inspect_file(path)
+    if as_json:
+        _emit_json(report)
+        return
+    from rich.console import Console
+    from rich.pretty import Pretty
+
+    Console().print(Pretty(report, expand_all=True))
 
 
 @cli.command("eval", epilog="\b\nExample:\n  edgellm eval build/stories260k/model.tflite build/stories260k/model-int8-dynamic.tflite --corpus story.txt")

@@ -170,6 +170,8 @@ class TokenizerSection(_Strict):
     stop_ids: list[int] = []  # besides the EOS ids: generation ends at any of these
     stop_strings: list[str] = []  # generation ends when the text contains one (it is not printed)
     chat_template: str | None = None  # Jinja, as in tokenizer_config.json; default: the checkpoint's
+    prompt_prefix: str | None = None  # text before a user message in bundles; default: from the chat template
+    prompt_suffix: str | None = None  # text after it, up to the model's reply; default: likewise
 
 
 class ExportSection(_Strict):
@@ -261,6 +263,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise EdgeLLMError(f"spec {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
     if not isinstance(data, dict):
         raise EdgeLLMError(f"spec {path}: the top level must be a mapping of keys, not {type(data).__name__}")
+    source = data.get("source")
+    if isinstance(source, dict) and isinstance(source.get("path"), str):
+        # A relative path belongs to the file that states it, whichever spec extends that file.
+        data["source"] = {**source, "path": str((path.parent / source["path"]).resolve())}
     parent = data.pop("extends", None)
     if parent is None:
         return data

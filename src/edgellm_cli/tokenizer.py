@@ -142,6 +142,8 @@ class PromptSettings:
     bos_token: str | None  # the special tokens as text, for chat templates
     eos_token: str | None
     chat_template: str | None
+    prompt_prefix: str | None  # bundle overrides; None derives them from the chat template
+    prompt_suffix: str | None
 
 
 def _ids(value) -> list[int]:
@@ -187,4 +189,6 @@ def resolve_prompt_settings(spec: ModelSpec, checkpoint_dir: Path) -> PromptSett
         bos_token=_token_text(tokenizer_config.get("bos_token")),
         eos_token=_token_text(tokenizer_config.get("eos_token")),
         chat_template=section.chat_template or _chat_template(checkpoint_dir, tokenizer_config),
+        prompt_prefix=section.prompt_prefix,
+        prompt_suffix=section.prompt_suffix,
     )
