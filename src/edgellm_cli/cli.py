@@ -6,7 +6,6 @@ Heavy modules (torch, litert_torch, transformers) are imported inside the comman
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import click
 
 from edgellm_cli import __version__
+from edgellm_cli.output import emit_json
 
 EXAMPLES = """
 \b
@@ -28,10 +28,6 @@ def _console():
     from rich.console import Console
 
     return Console(stderr=True)
-
-
-def _emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _load_spec(path: str):
@@ -85,7 +81,7 @@ def _run_stages(stages, spec_path, checkpoint, token, offline, as_json, output: 
         for fmt in bundle_formats:
             copied.append(Path(write_bundle(output / "model.tflite", fmt, output / f"{spec.name}.{fmt}")["output"]))
     if as_json:
-        _emit_json({"spec": spec.name, "stages": [r.as_json() for r in results], "outputs": [str(p) for p in copied]})
+        emit_json({"spec": spec.name, "stages": [r.as_json() for r in results], "outputs": [str(p) for p in copied]})
         return
     for result in results:
         if "comparisons" in result.report:
@@ -245,7 +241,7 @@ def run(model, prompt, max_tokens, tokenizer, threads, max_prefill, stop_ids, st
     text, generated = gen.stream(session, max_tokens, echo=not as_json)
     seconds = time.perf_counter() - started
     if as_json:
-        _emit_json({"text": text, "tokens": generated, "prompt_tokens": len(prompt_ids), "seconds": round(seconds, 4), "tokens_per_second": round(len(generated) / seconds, 2)})
+        emit_json({"text": text, "tokens": generated, "prompt_tokens": len(prompt_ids), "seconds": round(seconds, 4), "tokens_per_second": round(len(generated) / seconds, 2)})
     else:
         click.echo()
         _console().print(f"[dim]{len(generated)} tokens in {seconds:.2f}s ({len(generated) / seconds:.1f} tokens/s)[/]")
@@ -314,7 +310,7 @@ def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_j
         tokenizer = model.parent / metadata["tokenizer"]
     report = benchmark(model, load_tokenizer(tokenizer) if tokenizer else None, threads, prompt_tokens, decode_tokens, repeats)
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     from rich.console import Console
     from rich.table import Table
@@ -349,7 +345,7 @@ def quantize(model, recipe, output, as_json) -> None:
     output = output or model.with_name(f"{model.stem}-{loaded.name}.tflite")
     shutil.copyfile(result.path / MODEL_FILE, output)
     if as_json:
-        _emit_json({**result.as_json(), "output": str(output)})
+        emit_json({**result.as_json(), "output": str(output)})
         return
     _print_stage(_console(), result)
     click.echo(output)
@@ -367,7 +363,7 @@ def bundle(model, fmt, output, tokenizer, as_json) -> None:
 
     report = write_bundle(model, fmt, output or model.with_suffix(f".{fmt}"), tokenizer)
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     _console().print(f"  bundle         [green]wrote[/] {report['size_bytes'] / 1e6:.2f} MB  start {report.get('start_id', report.get('start_token'))}, "
                      f"stop {report.get('stop_ids', report.get('stop_tokens'))}")
@@ -383,7 +379,7 @@ def inspect(path, as_json) -> None:
 
     report = inspect_file(path)
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     from rich.console import Console
     from rich.pretty import Pretty
@@ -413,7 +409,7 @@ def evaluate_models(models, corpus, tokenizer, max_tokens, window, as_json) -> N
     with _console().status("[bold]eval[/]…", spinner="dots"):
         report = evaluate(list(models), load_tokenizer(tokenizer), corpus, bos, max_tokens, window)
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     from rich.console import Console
     from rich.table import Table
@@ -447,7 +443,7 @@ def recipes_show(name) -> None:
     from edgellm_cli.quantize import load_recipe
 
     recipe = load_recipe(name)
-    _emit_json({"recipe": recipe.model_dump(), "ai_edge_quantizer": recipe.to_aeq()})
+    emit_json({"recipe": recipe.model_dump(), "ai_edge_quantizer": recipe.to_aeq()})
 
 
 @cli.group()
@@ -493,6 +489,11 @@ def cache_clear() -> None:
     from edgellm_cli.cache import ArtifactCache
 
     click.echo(f"freed {ArtifactCache().clear() / 1e6:.1f} MB")
+
+
+from edgellm_cli.spm_cli import tokenizer  # noqa: E402  (a click group; it imports nothing heavy)
+
+cli.add_command(tokenizer)
 
 
 def main() -> None:
