@@ -5,7 +5,7 @@
 
 For each shape it writes a random-weight checkpoint with the real transformers class, converts it
 with `edgellm convert` (cold cache) and with `python -m litert_torch.generative.export_hf` (same
-prefill length 128, KV cache 1024, float), each in its own process tree, sampling the tree's
+prefill length 128, KV cache 1024, float: `--quantization_recipe=none`, as its default is int8), each in its own process tree, sampling the tree's
 total RSS every 50 ms. Both outputs are then timed in the same runtime (LiteRT CompiledModel, the
 same thread count), invoking the model alone with its KV-cache buffers bound in place.
 
@@ -151,9 +151,9 @@ def main() -> None:
         ours = measured([sys.executable, "-m", "edgellm_cli", "convert", "--spec", str(spec), "--checkpoint", str(checkpoint), "-o", str(work / "edgellm")], env)
         shutil.rmtree(work / "litert-torch", ignore_errors=True)
         theirs = measured([args.litert_torch_python, "-m", "litert_torch.generative.export_hf", f"--model={checkpoint}", f"--output_dir={work / 'litert-torch'}",
-                           "--prefill_lengths=[128]", "--cache_length=1024", "--bundle_litert_lm=False"], {**os.environ, "HF_HUB_OFFLINE": "1"})
+                           "--prefill_lengths=[128]", "--cache_length=1024", "--bundle_litert_lm=False", "--quantization_recipe=none"], {**os.environ, "HF_HUB_OFFLINE": "1"})
         for side, result, folder in (("edgellm", ours, work / "edgellm"), ("litert-torch", theirs, work / "litert-torch")):
-            models = sorted(folder.glob("*.tflite")) if folder.is_dir() else []
+            models = sorted(folder.rglob("model.tflite")) if folder.is_dir() else []  # export_hf writes into a temporary subfolder
             if "error" not in result and models:
                 result["size_gb"] = models[0].stat().st_size / 2**30
                 result.update(invoke_rates(models[0], args.threads))
