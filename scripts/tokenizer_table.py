@@ -4,13 +4,17 @@ Both converters run on the same tokenizers from ../shared/assets, and both resul
 by the same `edgellm_cli.spm.check`: (a) 1,000 random id pairs (seed 0), strict / loose mismatch;
 (b) llama.cpp's test vectors; (c) every non-empty line of WikiText-2 test, exact id match.
 litert-torch runs in a subprocess (as its documented CLI; its own
-verification cut to 1 pair, since ours measures it); a crash is reported as such.
+verification cut to 1 pair, since ours measures it); a crash is reported as such. It runs in
+the interpreter given by --litert-torch-python (default: this one; litert-torch 0.10's
+tokenizer tool needs no TensorFlow, but an environment with tensorflow-cpu, such as the one in
+bench/README.md, works too); it is never an edgellm dependency.
 
-    .venv/bin/python scripts/tokenizer_table.py
+    .venv/bin/python scripts/tokenizer_table.py [--litert-torch-python /tmp/lt-venv/bin/python]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -32,10 +36,10 @@ CASES = {
 }
 
 
-def litert_torch(folder: Path, out: Path) -> str | None:
+def litert_torch(python: str, folder: Path, out: Path) -> str | None:
     """Run litert-torch's converter; None on success, else its last error line."""
     done = subprocess.run(
-        [sys.executable, "-m", "litert_torch.generative.tools.tokenizer_to_sentencepiece", f"--checkpoint={folder}", f"--output_path={out}", "--num_pairs_to_verify=1"],
+        [python, "-m", "litert_torch.generative.tools.tokenizer_to_sentencepiece", f"--checkpoint={folder}", f"--output_path={out}", "--num_pairs_to_verify=1"],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -54,6 +58,9 @@ def cells(reference: Path, model: Path, vectors: str) -> list[str]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--litert-torch-python", default=sys.executable, help="Interpreter with litert-torch installed.")
+    args = parser.parse_args()
     print("| tokenizer | converter | (a) strict / loose mismatch | (b) llama.cpp vectors | (c) WikiText-2 lines exact |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +73,7 @@ def main() -> None:
             except EdgeLLMError as exc:
                 row = [f"failed: {exc}", "", ""]
             print(f"| {name} | edgellm | " + " | ".join(row) + " |")
-            crash = litert_torch(ASSETS / "tokenizers" / folder, theirs)
+            crash = litert_torch(args.litert_torch_python, ASSETS / "tokenizers" / folder, theirs)
             row = cells(reference, theirs, vectors) if crash is None else [f"crashed: {crash.replace('|', '/')}", "—", "—"]
             print(f"| {name} | litert-torch | " + " | ".join(row) + " |", flush=True)
 
