@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.runtime import read_metadata
+from edgellm_cli.runtime import read_metadata, start_id, template_strings
 
 FORMATS = ("litertlm", "task")
 _PROBE = "\x00edgellm-probe\x00"
@@ -28,7 +28,7 @@ class BundleInputs:
 
     @property
     def start_id(self) -> int | None:
-        return self.metadata.get("bos_id") if self.metadata.get("add_bos", True) else None
+        return start_id(self.metadata)
 
 
 def read_inputs(model: Path, tokenizer: Path | None = None) -> BundleInputs:
@@ -55,8 +55,7 @@ def prompt_affixes(metadata: dict) -> tuple[str, str]:
     if template and (prefix is None or suffix is None):
         from edgellm_cli.tokenizer import render_chat
 
-        strings = {"bos_token": metadata.get("bos_token") or "", "eos_token": metadata.get("eos_token") or ""}
-        rendered = render_chat(template, [{"role": "user", "content": _PROBE}], strings)
+        rendered = render_chat(template, [{"role": "user", "content": _PROBE}], template_strings(metadata))
         before, _, after = rendered.partition(_PROBE)
         if metadata.get("bos_token") and before.startswith(metadata["bos_token"]):
             before = before[len(metadata["bos_token"]) :]

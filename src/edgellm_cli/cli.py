@@ -229,11 +229,11 @@ def run(model, prompt, max_tokens, tokenizer, threads, max_prefill, stop_ids, st
     """Generate text from MODEL (.tflite) on the LiteRT runtime, streaming it as it comes."""
     import time
 
-    from edgellm_cli.runtime import Session
+    from edgellm_cli.runtime import Session, start_id
 
     gen = _Generation(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling)
-    meta = gen.metadata
-    prompt_ids = ([meta["bos_id"]] if meta.get("add_bos", True) and meta.get("bos_id") is not None else []) + gen.tokenizer.encode(prompt)
+    start = start_id(gen.metadata)
+    prompt_ids = ([start] if start is not None else []) + gen.tokenizer.encode(prompt)
     started = time.perf_counter()
     session = Session(gen.litert)
     if prompt_ids:
@@ -258,7 +258,7 @@ def chat(model, system, template_file, max_tokens, tokenizer, threads, max_prefi
     The chat template renders the whole conversation each turn; only the tokens that differ from
     what the KV cache already holds are computed.
     """
-    from edgellm_cli.runtime import Session
+    from edgellm_cli.runtime import Session, template_strings
     from edgellm_cli.tokenizer import encode_with_specials, render_chat
 
     gen = _Generation(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling)
@@ -266,7 +266,7 @@ def chat(model, system, template_file, max_tokens, tokenizer, threads, max_prefi
     template = template_file.read_text(encoding="utf-8") if template_file else meta.get("chat_template")
     if not template:
         raise click.UsageError("the model has no chat template; pass --chat-template FILE (or use `edgellm run`)")
-    strings = {"bos_token": meta.get("bos_token") or "", "eos_token": meta.get("eos_token") or ""}
+    strings = template_strings(meta)
     specials = {}
     if meta.get("bos_token") and meta.get("bos_id") is not None:
         specials[meta["bos_token"]] = meta["bos_id"]
@@ -397,7 +397,7 @@ def inspect(path, as_json) -> None:
 def evaluate_models(models, corpus, tokenizer, max_tokens, window, as_json) -> None:
     """Perplexity of each model over a corpus; against the first (float) model, top-1 agreement and mean KL."""
     from edgellm_cli.evaluate import evaluate
-    from edgellm_cli.runtime import read_metadata
+    from edgellm_cli.runtime import read_metadata, start_id
     from edgellm_cli.tokenizer import load_tokenizer
 
     metadata = read_metadata(models[0])
@@ -405,7 +405,7 @@ def evaluate_models(models, corpus, tokenizer, max_tokens, window, as_json) -> N
         if "tokenizer" not in metadata:
             raise click.UsageError("no edgellm.json beside the first model names its tokenizer; pass --tokenizer")
         tokenizer = models[0].parent / metadata["tokenizer"]
-    bos = metadata.get("bos_id") if metadata.get("add_bos", True) else None
+    bos = start_id(metadata)
     with _console().status("[bold]eval[/]…", spinner="dots"):
         report = evaluate(list(models), load_tokenizer(tokenizer), corpus, bos, max_tokens, window)
     if as_json:

@@ -204,7 +204,6 @@ class Pipeline:
         return [out_dir / MODEL_FILE, out_dir / tokenizer.name, out_dir / METADATA_FILE]
 
 
-
 def run_stage(cache: ArtifactCache, stage: str, inputs: dict, produce: Callable[[Path], dict]) -> StageResult:
     """Serve `stage` from the cache, or run `produce(folder)` into a fresh artifact folder."""
     started = time.perf_counter()

@@ -60,6 +60,11 @@ class LiteRTModel:
                 )
                 for sig in [*self.prefill_signatures.values(), "decode"]
             }
+        # Each signature's buffer maps, built once: a decode step should not rebuild them.
+        self._bindings = {
+            sig: ({"tokens": tokens, "input_pos": positions, **self._caches}, {"logits": logits, **self._caches})
+            for sig, (tokens, positions, logits) in self._io.items()
+        }
         self._cache_shapes = {name: tuple(details[name]["shape"]) for name in self.cache_names}
         self.reset()
 
@@ -78,10 +83,7 @@ class LiteRTModel:
 
     def invoke(self, signature: str) -> None:
         """The bare model call, on whatever the input buffers hold (also what `bench` times raw)."""
-        tokens_buffer, positions_buffer, logits_buffer = self._io[signature]
-        self._model.run_by_name(
-            signature, {"tokens": tokens_buffer, "input_pos": positions_buffer, **self._caches}, {"logits": logits_buffer, **self._caches}
-        )
+        self._model.run_by_name(signature, *self._bindings[signature])
 
     def prefill_plan(self, count: int, start: int) -> tuple[str, int]:
         """The signature to use and how many real tokens it takes: the smallest N that holds all
@@ -210,6 +212,16 @@ def generate(model: LiteRTModel, prompt_ids: list[int], max_new_tokens: int, sam
     if prompt_ids:
         session.feed(prompt_ids)
     yield from session.generate(max_new_tokens, sampler, stop_ids)
+
+
+def start_id(metadata: dict) -> int | None:
+    """The token a prompt starts with: BOS, unless the model's input does not start with it."""
+    return metadata.get("bos_id") if metadata.get("add_bos", True) else None
+
+
+def template_strings(metadata: dict) -> dict[str, str]:
+    """The special tokens as text, the variables chat templates expect."""
+    return {"bos_token": metadata.get("bos_token") or "", "eos_token": metadata.get("eos_token") or ""}
 
 
 def read_metadata(model_path: Path) -> dict:
