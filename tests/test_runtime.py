@@ -132,6 +132,26 @@ def test_streaming_byte_level_bpe_round_trips():
     assert "".join([stream.push(i) for i in tokenizer.encode(text)] + [stream.flush()]) == text
 
 
+@pytest.mark.parametrize("path", ["tokenizers/llama2-spm/tokenizer.model", "tokenizers/tinyllama-chat/tokenizer.json",
+                                  "tokenizers/phi-2/tokenizer.json", "tokenizers/phi-3-mini/tokenizer.json"])
+def test_streamed_text_equals_decoding_the_whole_sequence(path):
+    """Streaming appends each token's bytes; over real multilingual text, after a prompt or from
+    the start, with special tokens among the output, it must write what decode writes."""
+    tokenizer = Tokenizer(asset(path))
+    text = asset("corpora/wikitext2-test/wikitext-2-raw-test.txt").read_text(encoding="utf-8")[:6000]
+    ids = tokenizer.encode(text + " Grüße, 世界! 🙂 naïve café 日本語 Ελληνικά\n\tend")
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        start, context_length, length = int(rng.integers(0, len(ids) - 80)), int(rng.integers(0, 4)), int(rng.integers(1, 80))
+        context, output = ids[start : start + context_length], ids[start + context_length : start + context_length + length]
+        if rng.random() < 0.3:  # a special token in the output: BOS at the start or EOS in the middle
+            output.insert(int(rng.integers(0, len(output))), int(rng.choice([1, 2])))
+        stream = TextStream(tokenizer, context=context)
+        streamed = "".join(stream.push(i) for i in output) + stream.flush()
+        whole, before = tokenizer.decode(context + output), tokenizer.decode(context)
+        assert streamed == whole[len(before) :], (context, output)
+
+
 def test_stop_string_ends_the_text_before_it(tokenizer):
     stream = TextStream(tokenizer, stop_strings=["park"])
     pieces = []

@@ -1,8 +1,8 @@
 """Text generation from a `.tflite` on the LiteRT runtime: prefill, decode loop, sampler.
 
 The KV cache never leaves the runtime: each cache tensor is one LiteRT buffer bound as both
-the input and the output of every signature, so a decode step copies a token in and a row of
-logits out, nothing else.
+the input and the output of every signature. Positions and logits are numpy arrays the runtime
+uses in place, so a decode step copies one token in and nothing else through the bindings.
 """
 
 from __future__ import annotations
@@ -19,6 +19,24 @@ from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.quiet import native_output_to
 
 METADATA_FILE = "edgellm.json"
+
+
+@dataclass(frozen=True)
+class _SignatureIO:
+    tokens: np.ndarray  # [1, width] int32, copied into tokens_buffer
+    tokens_buffer: object
+    positions: np.ndarray  # [width] int32, read by the runtime in place
+    logits: np.ndarray  # [width, vocab] float32, written by the runtime in place
+    inputs: dict
+    outputs: dict
+
+
+def _aligned_zeros(size: int, dtype) -> np.ndarray:
+    """A 1-D array on a 64-byte boundary: LiteRT wraps such memory as is (anything else it copies)."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.zeros(size + 64 // itemsize, dtype)
+    offset = (-raw.ctypes.data % 64) // itemsize
+    return raw[offset : offset + size]
 
 
 class LiteRTModel:
@@ -52,21 +70,26 @@ class LiteRTModel:
         self.vocab_size = int(self._model.get_output_tensor_details("decode")["logits"]["shape"][-1])
         with native_output_to():
             self._caches = {name: self._model.create_input_buffer_by_name("decode", name) for name in self.cache_names}
-            self._io = {
-                sig: (
-                    self._model.create_input_buffer_by_name(sig, "tokens"),
-                    self._model.create_input_buffer_by_name(sig, "input_pos"),
-                    self._model.create_output_buffer_by_name(sig, "logits"),
-                )
-                for sig in [*self.prefill_signatures.values(), "decode"]
-            }
-        # Each signature's buffer maps, built once: a decode step should not rebuild them.
-        self._bindings = {
-            sig: ({"tokens": tokens, "input_pos": positions, **self._caches}, {"logits": logits, **self._caches})
-            for sig, (tokens, positions, logits) in self._io.items()
-        }
+            self._io = {sig: self._signature_io(sig) for sig in [*self.prefill_signatures.values(), "decode"]}
         self._cache_shapes = {name: tuple(details[name]["shape"]) for name in self.cache_names}
         self.reset()
+
+    def _signature_io(self, signature: str) -> _SignatureIO:
+        """One signature's token array and buffers, made once: a decode step only fills them.
+
+        Positions and logits live in numpy arrays the runtime reads and writes in place (no copy
+        through the binding each step); tokens ([1, N]) go through a runtime buffer, because a
+        buffer over host memory is one-dimensional and the runtime will not reshape it.
+        """
+        from ai_edge_litert.tensor_buffer import TensorBuffer
+
+        width = int(self._model.get_input_tensor_details(signature)["tokens"]["shape"][-1])
+        tokens, positions = np.zeros((1, width), np.int32), _aligned_zeros(width, np.int32)
+        logits = _aligned_zeros(width * self.vocab_size, np.float32)
+        tokens_buffer = self._model.create_input_buffer_by_name(signature, "tokens")
+        inputs = {"tokens": tokens_buffer, "input_pos": TensorBuffer.create_from_host_memory(positions), **self._caches}
+        outputs = {"logits": TensorBuffer.create_from_host_memory(logits), **self._caches}
+        return _SignatureIO(tokens, tokens_buffer, positions, logits.reshape(width, self.vocab_size), inputs, outputs)
 
     def reset(self) -> None:
         """Empty the KV cache (a new conversation)."""
@@ -74,16 +97,18 @@ class LiteRTModel:
             buffer.write(np.zeros(self._cache_shapes[name], np.float32))
 
     def run(self, signature: str, tokens: list[int], start: int) -> np.ndarray:
-        """Invoke one signature on `tokens` (padded to its width) at positions start..; logits [width, vocab]."""
-        tokens_buffer, positions_buffer, logits_buffer = self._io[signature]
-        tokens_buffer.write(np.array([tokens], dtype=np.int32))
-        positions_buffer.write(np.arange(start, start + len(tokens), dtype=np.int32))
+        """Invoke one signature on `tokens` (its width of them) at positions start..; logits [width, vocab]."""
+        io = self._io[signature]
+        io.tokens[0] = tokens
+        io.tokens_buffer.write(io.tokens)
+        io.positions[:] = range(start, start + len(tokens))
         self.invoke(signature)
-        return logits_buffer.read(len(tokens) * self.vocab_size, np.float32).reshape(len(tokens), self.vocab_size)
+        return io.logits.copy()
 
     def invoke(self, signature: str) -> None:
         """The bare model call, on whatever the input buffers hold (also what `bench` times raw)."""
-        self._model.run_by_name(signature, *self._bindings[signature])
+        io = self._io[signature]
+        self._model.run_by_name(signature, io.inputs, io.outputs)
 
     def prefill_plan(self, count: int, start: int) -> tuple[str, int]:
         """The signature to use and how many real tokens it takes: the smallest N that holds all

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ class Tokenizer:
                 self._sp.Load(str(path))
             except (OSError, RuntimeError) as exc:
                 raise EdgeLLMError(f"{path}: not a valid SentencePiece model ({exc}); re-download it") from None
+        self._token_bytes: dict[int, bytes] = {}
+        self._anchor: list[int] | None = None
 
     def encode(self, text: str) -> list[int]:
         if self._sp is not None:
@@ -42,6 +45,37 @@ class Tokenizer:
             return self._sp.DecodeIds(ids)
         return self._hf.decode(ids, skip_special_tokens=False)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes `token_id` adds to text that is already under way.
+
+        Past the start of a text, SentencePiece, Metaspace and byte-level BPE decoding is the
+        concatenation of these bytes, so a stream can append them instead of decoding a window.
+        Found by decoding the token after a plain anchor token; a token that holds part of a
+        UTF-8 character (byte fallback `<0xE4>`, a byte-level piece) is read from its piece.
+        """
+        found = self._token_bytes.get(token_id)
+        if found is None:
+            found = self._token_bytes[token_id] = self._bytes_after_anchor(token_id)
+        return found
+
+    def _bytes_after_anchor(self, token_id: int) -> bytes:
+        from edgellm_cli.spm import BYTE_PIECE, bytes_to_unicode
+
+        if self._anchor is None:
+            self._anchor = self.encode("a")[-1:]
+        anchor_text = self.decode(self._anchor)
+        text = self.decode([*self._anchor, token_id])
+        added = text[len(anchor_text) :] if text.startswith(anchor_text) else self.decode([token_id])
+        if "\ufffd" not in added:
+            return added.encode()
+        piece = self._sp.IdToPiece(token_id) if self._sp is not None else self._hf.id_to_token(token_id)
+        if match := BYTE_PIECE.match(piece):
+            return bytes([int(match.group(1), 16)])
+        byte_of = {c: b for b, c in bytes_to_unicode().items()}
+        if self._sp is None and type(self._hf.decoder).__name__ == "ByteLevel" and all(c in byte_of for c in piece):
+            return bytes(byte_of[c] for c in piece)
+        return added.encode()  # no bytes behind the replacement character: keep it, as decode does
+
 
 def load_tokenizer(path: Path) -> Tokenizer:
     if not path.is_file():
@@ -52,36 +86,51 @@ def load_tokenizer(path: Path) -> Tokenizer:
 class TextStream:
     """Token ids in, text out, as it becomes final.
 
-    Each step decodes only a short window: the tokens since the last released text, with the
-    token before them as context, and keeps what decoding the window adds to decoding its
-    context. Decoding with context keeps SentencePiece's leading spaces, byte-fallback pieces
-    and byte-level BPE right across token boundaries. Text is held back while it ends in an
-    unfinished UTF-8 character, or in what could begin a stop string; once a stop string
-    appears, the text before it is released and `stopped` is set.
+    Each token's bytes (`Tokenizer.token_bytes`) go through an incremental UTF-8 decoder, so a
+    step costs a dictionary lookup and a character split over byte-fallback or byte-level tokens
+    comes out whole (invalid UTF-8 becomes U+FFFD, one per maximal invalid sequence, where a
+    tokenizer's own decode may write one per byte). Only the first text is found by decoding:
+    the token after its context (the prompt's tail, and any tokens that gave no text), because
+    whether it keeps its leading space depends on what came before (SentencePiece drops it at
+    the start of a text, keeps it after a prompt). Text is held back while it could begin a stop
+    string; once a stop string appears, the text before it is released and `stopped` is set.
     """
 
     def __init__(self, tokenizer: Tokenizer, stop_strings: list[str] = (), context: list[int] = ()):
         """`context`: the tokens before the stream (the prompt's tail), which decide its first spaces."""
         self.tokenizer, self.stop_strings = tokenizer, [s for s in stop_strings if s]
-        self.ids: list[int] = list(context)[-4:]
         self.emitted = ""
         self.stopped = False
-        self._context_start, self._window_start = 0, len(self.ids)
+        self._context: list[int] = list(context)[-4:]
         self._pending = ""
+        self._utf8: codecs.IncrementalDecoder | None = None  # set once the first text is out
 
     def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        context = self.tokenizer.decode(self.ids[self._context_start : self._window_start])
-        text = self.tokenizer.decode(self.ids[self._context_start :])
-        if text.endswith("\ufffd") or len(text) <= len(context) or not text.startswith(context):
-            return ""
-        self._pending += text[len(context) :]
-        self._context_start, self._window_start = self._window_start, len(self.ids)
+        if self._utf8 is None:
+            before = self.tokenizer.decode(self._context)
+            self._context.append(token_id)
+            text = self.tokenizer.decode(self._context)
+            if not text.startswith(before) or "\ufffd" in text[len(before) :]:
+                self._start_bytes()  # part of a character: its bytes, not its decoded text
+            elif len(text) > len(before):
+                self._pending += text[len(before) :]
+                self._start_bytes()
+                return self._release()
+            else:
+                return ""  # no text yet (a control token): it stays context
+        self._pending += self._utf8.decode(self.tokenizer.token_bytes(token_id))
         return self._release()
+
+    def _start_bytes(self) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def flush(self) -> str:
         """What is still held back once generation ends without a stop string."""
-        return "" if self.stopped else self._release(final=True)
+        if self.stopped:
+            return ""
+        if self._utf8 is not None:
+            self._pending += self._utf8.decode(b"", final=True)
+        return self._release(final=True)
 
     def _release(self, final: bool = False) -> str:
         hits = [i for stop in self.stop_strings if (i := self._pending.find(stop)) >= 0]
