@@ -188,8 +188,11 @@ def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path) -> dict:
             qt = quantizer.Quantizer(str(model_path))
             qt.load_quantization_recipe(entries)
             qt.quantize().export_model(str(out_path), overwrite=True)
-    except (ValueError, RuntimeError) as exc:
-        raise EdgeLLMError(f"recipe {recipe.name}: ai-edge-quantizer refused it ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the quantizer raises, the remedy is another rule
+        raise EdgeLLMError(
+            f"recipe {recipe.name}: ai-edge-quantizer failed on it ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "change the mode or granularity of the rule for these ops"
+        ) from None
     before, after = model_path.stat().st_size, out_path.stat().st_size
     return {
         "recipe": recipe.name,

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 
@@ -36,15 +36,17 @@ def silence_native_stderr() -> None:
 
 @contextmanager
 def native_output_to(log_path: Path | str = os.devnull) -> Iterator[None]:
-    """Send what native code prints on stdout/stderr (absl, MLIR, LiteRT) to a file instead of the terminal."""
+    """Send what native code (absl, MLIR, LiteRT) and Python libraries (ai-edge-quantizer's
+    progress bars, which ignore TQDM_DISABLE) print to a file instead of the terminal."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    with open(log_path, "ab") as log:
+    with open(log_path, "a", encoding="utf-8", errors="backslashreplace") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            yield
+            with redirect_stdout(log), redirect_stderr(log):
+                yield
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
