@@ -45,23 +45,26 @@ def build(checkpoint: Path, output: Path, env: dict) -> dict:
     return {"seconds": time.perf_counter() - started, "peak_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20}
 
 
-def bench(model: Path, threads: int, env: dict) -> dict:
+def bench(model: Path, threads: int, repeats: int, env: dict) -> dict:
     out = subprocess.run([*EDGELLM, "bench", str(model), "--threads", str(threads), "--prompt-tokens", "128",
-                          "--decode-tokens", "64", "--json"], check=True, env=env, cwd=REPO, capture_output=True, text=True)
+                          "--decode-tokens", "64", "--repeats", str(repeats), "--json"], check=True, env=env, cwd=REPO,
+                         capture_output=True, text=True)
     return json.loads(out.stdout)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgellm-bench"))
     args = parser.parse_args()
     env = {**os.environ, "EDGELLM_CACHE_DIR": str(args.work / "cache"), "HF_HUB_OFFLINE": "1"}
     make_checkpoint(args.work / "tinyllama-ckpt")
     built = build(args.work / "tinyllama-ckpt", args.work / "tinyllama", env)
     subprocess.run([*EDGELLM, "build", "--spec", "stories260k", "-o", str(args.work / "stories")], check=True, env=env, cwd=REPO, capture_output=True)
-    rows = [("stories260k", bench(args.work / "stories" / "model.tflite", args.threads, env)),
-            ("tinyllama-1.1b shape", bench(args.work / "tinyllama" / "model.tflite", args.threads, env))]
+    # A stories260K run takes milliseconds, so it gets many paired runs; a TinyLlama one takes a minute.
+    rows = [(name, bench(args.work / folder / "model.tflite", threads, repeats, env))
+            for name, folder, repeats in [("stories260k", "stories", 11), ("tinyllama-1.1b shape", "tinyllama", 3)]
+            for threads in args.threads]
     print(f"TinyLlama-shaped build (cold cache unless reused): {built['seconds']:.0f} s, peak RSS {built['peak_rss_gb']:.2f} GB")
     print(f"| model | threads | TTFT (128-token prompt) | largest prefill_N tok/s | decode tok/s (pipeline) | decode tok/s (raw invoke) | overhead |")
     print("|---|---|---|---|---|---|---|")

@@ -87,6 +87,7 @@ class LiteRTModel:
         tokens, positions = np.zeros((1, width), np.int32), _aligned_zeros(width, np.int32)
         logits = _aligned_zeros(width * self.vocab_size, np.float32)
         tokens_buffer = self._model.create_input_buffer_by_name(signature, "tokens")
+        tokens_buffer.write(tokens)  # a new buffer holds whatever was in that memory
         inputs = {"tokens": tokens_buffer, "input_pos": TensorBuffer.create_from_host_memory(positions), **self._caches}
         outputs = {"logits": TensorBuffer.create_from_host_memory(logits), **self._caches}
         return _SignatureIO(tokens, tokens_buffer, positions, logits.reshape(width, self.vocab_size), inputs, outputs)
@@ -136,7 +137,13 @@ class LiteRTModel:
         return np.concatenate(rows)
 
     def decode(self, token: int, position: int) -> np.ndarray:
-        return self.run("decode", [token], position)[0]
+        """One generation step: logits [vocab] for `token` at `position`. `run` for one token,
+        without its lists and ranges: this is the loop `bench` holds against the bare model call."""
+        io = self._io["decode"]
+        io.tokens[0, 0], io.positions[0] = token, position
+        io.tokens_buffer.write(io.tokens)
+        self.invoke("decode")
+        return io.logits[0].copy()
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,7 @@ class Sampler:
             # The CTRL / transformers rule: shrink positive logits, push negative ones further down.
             logits[seen] = np.where(logits[seen] > 0, logits[seen] / self.repetition_penalty, logits[seen] * self.repetition_penalty)
         if self.temperature <= 0:
-            return int(np.argmax(logits))
+            return int(logits.argmax())
         scaled = logits.astype(np.float64) / self.temperature
         order = np.argsort(-scaled, kind="stable")
         if self.top_k > 0:

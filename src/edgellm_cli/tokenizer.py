@@ -99,8 +99,8 @@ class TextStream:
     def __init__(self, tokenizer: Tokenizer, stop_strings: list[str] = (), context: list[int] = ()):
         """`context`: the tokens before the stream (the prompt's tail), which decide its first spaces."""
         self.tokenizer, self.stop_strings = tokenizer, [s for s in stop_strings if s]
-        self.emitted = ""
         self.stopped = False
+        self._emitted: list[str] = []
         self._context: list[int] = list(context)[-4:]
         self._pending = ""
         self._utf8: codecs.IncrementalDecoder | None = None  # set once the first text is out
@@ -132,17 +132,22 @@ class TextStream:
             self._pending += self._utf8.decode(b"", final=True)
         return self._release(final=True)
 
+    @property
+    def emitted(self) -> str:
+        """All text released so far."""
+        return "".join(self._emitted)
+
     def _release(self, final: bool = False) -> str:
         hits = [i for stop in self.stop_strings if (i := self._pending.find(stop)) >= 0]
         if hits:
             self.stopped, cut = True, min(hits)
-        elif final:
+        elif final or not self.stop_strings:
             cut = len(self._pending)
         else:
             held = max((k for stop in self.stop_strings for k in range(1, len(stop)) if self._pending.endswith(stop[:k])), default=0)
             cut = len(self._pending) - held
         piece, self._pending = self._pending[:cut], self._pending[cut:]
-        self.emitted += piece
+        self._emitted.append(piece)
         return piece
 
 
