@@ -1,7 +1,7 @@
 """Build a TinyLlama-1.1B-shaped model (random weights, transformers' own LlamaForCausalLM) with
 edgellm, then `edgellm bench` it and the demo model; prints a table.
 
-    .venv/bin/python bench/decode_speed.py [--threads 2] [--work DIR]
+    .venv/bin/python bench/decode_speed.py [--threads 1 2] [--work DIR]
 
 The checkpoint is 4.4 GB of float32 and the build takes minutes; the work folder is reused.
 """
