@@ -296,7 +296,7 @@ def chat(model, system, template_file, max_tokens, tokenizer, threads, max_prefi
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: LiteRT's choice).")
 @click.option("--prompt-tokens", default=32, show_default=True, type=click.IntRange(min=1), help="Prompt length for time to first token.")
 @click.option("--decode-tokens", default=64, show_default=True, type=click.IntRange(min=1), help="Tokens to decode for tokens/s.")
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Runs per measurement; the fastest counts.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Runs per measurement; the fastest counts (decode: pipeline and raw runs in pairs, overhead = median over pairs).")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="Detokenise in the pipeline numbers (default: the one beside MODEL, if any).")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
 def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_json) -> None:
@@ -321,7 +321,7 @@ def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_j
         table.add_row(f"prefill ({name})", f"{row['tokens_per_second']:.1f} tokens/s ({row['ms']:.1f} ms)")
     table.add_row("decode, pipeline", f"{report['decode_tokens_per_second']:.1f} tokens/s")
     table.add_row("decode, raw invoke", f"{report['raw_decode_tokens_per_second']:.1f} tokens/s")
-    table.add_row("pipeline overhead", f"{report['pipeline_overhead_percent']:.1f} %")
+    table.add_row("pipeline overhead", f"{report['pipeline_overhead_percent']:.1f} % (median of {repeats} paired runs)")
     table.add_row("peak RSS", f"{report['peak_rss_mb']:.0f} MB")
     Console().print(table)
 
