@@ -38,6 +38,17 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+def byte_level_bytes(token: str) -> bytes | None:
+    """The bytes a byte-level BPE token spells in that alphabet; None if it holds another character."""
+    to_byte = _unicode_to_bytes()
+    return bytes(to_byte[c] for c in token) if all(c in to_byte for c in token) else None
+
+
+@lru_cache(maxsize=1)
+def _unicode_to_bytes() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
 # -- reading tokenizers -------------------------------------------------------------------------
 
 
@@ -298,7 +309,6 @@ def _from_byte_level_bpe(spec: dict, config: dict, pre_tokenizer):
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     Piece = pb.ModelProto.SentencePiece
-    to_byte = {c: b for b, c in bytes_to_unicode().items()}
     model = spec["model"]
     added = {t["id"]: t for t in spec.get("added_tokens", [])}
     vocab = {i: p for p, i in model["vocab"].items()}
@@ -313,7 +323,7 @@ def _from_byte_level_bpe(spec: dict, config: dict, pre_tokenizer):
             entries.append((added[i]["content"], 0.0, Piece.CONTROL if added[i].get("special") else Piece.USER_DEFINED))
             continue
         token = vocab.get(i)
-        raw = bytes(to_byte[c] for c in token) if token is not None and all(c in to_byte for c in token) else None
+        raw = byte_level_bytes(token) if token is not None else None
         text = _utf8(raw) if raw else None
         score = -float(ranks[token]) if token in ranks else 0.0
         if raw is not None and len(raw) == 1 and (text is None or text == "\x00"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from edgellm_cli.errors import EdgeLLMError
@@ -33,7 +34,6 @@ class Tokenizer:
             except (OSError, RuntimeError) as exc:
                 raise EdgeLLMError(f"{path}: not a valid SentencePiece model ({exc}); re-download it") from None
         self._token_bytes: dict[int, bytes] = {}
-        self._anchor: list[int] | None = None
 
     def encode(self, text: str) -> list[int]:
         if self._sp is not None:
@@ -58,22 +58,25 @@ class Tokenizer:
             found = self._token_bytes[token_id] = self._bytes_after_anchor(token_id)
         return found
 
-    def _bytes_after_anchor(self, token_id: int) -> bytes:
-        from edgellm_cli.spm import BYTE_PIECE, bytes_to_unicode
+    @cached_property
+    def _anchor(self) -> tuple[list[int], str]:
+        """A plain token and its text, to decode other tokens after (past the start of a text)."""
+        ids = self.encode("a")[-1:]
+        return ids, self.decode(ids)
 
-        if self._anchor is None:
-            self._anchor = self.encode("a")[-1:]
-        anchor_text = self.decode(self._anchor)
-        text = self.decode([*self._anchor, token_id])
+    def _bytes_after_anchor(self, token_id: int) -> bytes:
+        from edgellm_cli.spm import BYTE_PIECE, byte_level_bytes
+
+        anchor, anchor_text = self._anchor
+        text = self.decode([*anchor, token_id])
         added = text[len(anchor_text) :] if text.startswith(anchor_text) else self.decode([token_id])
         if "\ufffd" not in added:
             return added.encode()
         piece = self._sp.IdToPiece(token_id) if self._sp is not None else self._hf.id_to_token(token_id)
         if match := BYTE_PIECE.match(piece):
             return bytes([int(match.group(1), 16)])
-        byte_of = {c: b for b, c in bytes_to_unicode().items()}
-        if self._sp is None and type(self._hf.decoder).__name__ == "ByteLevel" and all(c in byte_of for c in piece):
-            return bytes(byte_of[c] for c in piece)
+        if self._sp is None and type(self._hf.decoder).__name__ == "ByteLevel" and (raw := byte_level_bytes(piece)) is not None:
+            return raw
         return added.encode()  # no bytes behind the replacement character: keep it, as decode does
 
 
