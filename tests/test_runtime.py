@@ -39,8 +39,16 @@ def test_chunked_prefill_matches_token_by_token_decode(model, tokenizer):
     model.reset()
     chunked = model.prefill(tokens, 0)
     model.reset()
-    stepwise = np.stack([model.decode(t, i) for i, t in enumerate(tokens)])
+    stepwise = np.stack([model.decode(t, i).copy() for i, t in enumerate(tokens)])  # decode reuses its memory
     np.testing.assert_allclose(chunked, stepwise, atol=1e-4)
+
+
+def test_decode_picks_the_arg_max_of_its_logits_on_device(model):
+    assert model.greedy_pick is not None  # edgellm's decode signature outputs next_token
+    model.reset()
+    for position, token in enumerate([1, 400, 30, 77, 5]):
+        logits = model.decode(token, position)
+        assert model.greedy_pick[0] == int(logits.argmax())
 
 
 def test_prefill_plan_picks_the_smallest_signature_that_holds_the_prompt(model):

@@ -3,6 +3,7 @@
 Signatures follow the MediaPipe / LiteRT-LM convention: `prefill_{N}` per requested N and
 `decode`, with inputs `tokens` int32 [1, N], `input_pos` int32 [N], `kv_cache_k_{i}` /
 `kv_cache_v_{i}` float32 [1, T, kv_heads, head_dim]; outputs `logits` and the updated caches.
+`decode` also outputs `next_token` int32 [1, 1], the arg-max of its logits (for greedy loops).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ class _SignatureModule(torch.nn.Module):
         self.decoder = decoder
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, **kv_cache: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.decoder(tokens, input_pos, kv_cache)
+        out = self.decoder(tokens, input_pos, kv_cache)
+        if tokens.shape[1] == 1:  # decode: also its greedy pick, so a greedy loop never reads logits
+            out["next_token"] = out["logits"][:, -1].argmax(-1, keepdim=True).to(torch.int32)
+        return out
 
 
 @functools.cache

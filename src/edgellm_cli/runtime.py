@@ -1,12 +1,15 @@
 """Text generation from a `.tflite` on the LiteRT runtime: prefill, decode loop, sampler.
 
 The KV cache never leaves the runtime: each cache tensor is one LiteRT buffer bound as both
-the input and the output of every signature. Positions and logits are numpy arrays the runtime
-uses in place, so a decode step copies one token in and nothing else through the bindings.
+the input and the output of every signature. Tokens, positions, logits and the decode signature's
+greedy pick are numpy memory the runtime uses in place, so a decode step stores two ints, calls
+the model and reads one int (or, when sampling, the logits): nothing is copied through a binding.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -21,14 +24,22 @@ from edgellm_cli.quiet import native_output_to
 METADATA_FILE = "edgellm.json"
 
 
-@dataclass(frozen=True)
+@dataclass
 class _SignatureIO:
-    tokens: np.ndarray  # [1, width] int32, copied into tokens_buffer
-    tokens_buffer: object
+    tokens: np.ndarray  # [1, width] int32: the runtime's own memory, or copied into tokens_buffer
+    tokens_buffer: object | None  # None when `tokens` is a view of the runtime's buffer
     positions: np.ndarray  # [width] int32, read by the runtime in place
     logits: np.ndarray  # [width, vocab] float32, written by the runtime in place
+    next_token: np.ndarray | None  # [1] int32, the decode signature's arg-max, if it has one
     inputs: dict
     outputs: dict
+
+    @functools.cached_property
+    def one_token(self) -> tuple[memoryview, memoryview, np.ndarray]:
+        """Token slot, position slot and logits row for a one-token step, made once. A memoryview
+        store runs far less code than numpy indexing, and that matters: code run between two model
+        calls slows the next call by several times its own duration (it evicts the model's)."""
+        return memoryview(self.tokens).cast("B").cast("i"), memoryview(self.positions).cast("B").cast("i"), self.logits[0]
 
 
 def _aligned_zeros(size: int, dtype) -> np.ndarray:
@@ -37,6 +48,43 @@ def _aligned_zeros(size: int, dtype) -> np.ndarray:
     raw = np.zeros(size + 64 // itemsize, dtype)
     offset = (-raw.ctypes.data % 64) // itemsize
     return raw[offset : offset + size]
+
+
+@functools.cache
+def _litert_c_api() -> ctypes.CDLL | None:
+    import ai_edge_litert
+
+    try:
+        return ctypes.CDLL(str(Path(ai_edge_litert.__file__).parent / "libLiteRt.so"))
+    except OSError:
+        return None
+
+
+def _host_view(buffer, like: np.ndarray) -> np.ndarray | None:
+    """A numpy array over a runtime buffer's own memory, shaped and typed like `like`, so that
+    filling the buffer is a store instead of a copy through the binding (a third of a small
+    model's decode overhead). The Python API has no such view; the C API in the wheel's
+    libLiteRt.so gives the address. None, and the caller copies, when that is unavailable or
+    the view does not see what the buffer holds."""
+    library = _litert_c_api()
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    address = ctypes.c_void_p()
+    try:
+        handle = ctypes.c_void_p(get_pointer(buffer.capsule, b"LiteRtTensorBuffer"))
+        status = library.LiteRtGetTensorBufferHostMemory(handle, ctypes.byref(address))
+    except (AttributeError, ValueError):  # no library or no such function; another capsule type
+        return None
+    if status != 0 or not address.value:
+        return None
+    view = np.ctypeslib.as_array((ctypes.c_byte * like.nbytes).from_address(address.value)).view(like.dtype).reshape(like.shape)
+    probe = np.arange(1, like.size + 1, dtype=like.dtype).reshape(like.shape)
+    buffer.write(probe)
+    seen = view.copy()
+    view[...] = 0
+    if not np.array_equal(seen, probe) or buffer.read(like.size, like.dtype).any():
+        return None
+    return view
 
 
 class LiteRTModel:
@@ -72,25 +120,46 @@ class LiteRTModel:
             self._caches = {name: self._model.create_input_buffer_by_name("decode", name) for name in self.cache_names}
             self._io = {sig: self._signature_io(sig) for sig in [*self.prefill_signatures.values(), "decode"]}
         self._cache_shapes = {name: tuple(details[name]["shape"]) for name in self.cache_names}
+        next_token = self._io["decode"].next_token
+        # The token the last decode picked greedily (edgellm's decode computes it; other tools'
+        # models do not: None). A greedy loop reads this int instead of taking the arg-max itself.
+        self.greedy_pick = None if next_token is None else memoryview(next_token).cast("B").cast("i")
         self.reset()
 
     def _signature_io(self, signature: str) -> _SignatureIO:
-        """One signature's token array and buffers, made once: a decode step only fills them.
+        """One signature's arrays and buffers, made once: a decode step only fills them.
 
-        Positions and logits live in numpy arrays the runtime reads and writes in place (no copy
-        through the binding each step); tokens ([1, N]) go through a runtime buffer, because a
-        buffer over host memory is one-dimensional and the runtime will not reshape it.
+        Positions and outputs are numpy arrays wrapped as host-memory buffers. Tokens ([1, N]) need
+        a buffer the runtime makes, because a host-memory buffer is one-dimensional and the runtime
+        will not reshape a static input; `_host_view` then gives numpy access to its memory.
         """
         from ai_edge_litert.tensor_buffer import TensorBuffer
 
         width = int(self._model.get_input_tensor_details(signature)["tokens"]["shape"][-1])
-        tokens, positions = np.zeros((1, width), np.int32), _aligned_zeros(width, np.int32)
-        logits = _aligned_zeros(width * self.vocab_size, np.float32)
+        positions, logits = _aligned_zeros(width, np.int32), _aligned_zeros(width * self.vocab_size, np.float32)
         tokens_buffer = self._model.create_input_buffer_by_name(signature, "tokens")
+        tokens = np.zeros((1, width), np.int32)
         tokens_buffer.write(tokens)  # a new buffer holds whatever was in that memory
+        view = _host_view(tokens_buffer, tokens)
+        # The runtime wants a buffer for every output: outputs we do not read (edgellm's decode
+        # `next_token` when sampling, other tools' extras) get their own host arrays too.
+        extras = {
+            name: _aligned_zeros(int(np.prod(detail["shape"])), np.dtype(detail["dtype"]))
+            for name, detail in self._model.get_output_tensor_details(signature).items()
+            if name != "logits" and name not in self._caches
+        }
         inputs = {"tokens": tokens_buffer, "input_pos": TensorBuffer.create_from_host_memory(positions), **self._caches}
-        outputs = {"logits": TensorBuffer.create_from_host_memory(logits), **self._caches}
-        return _SignatureIO(tokens, tokens_buffer, positions, logits.reshape(width, self.vocab_size), inputs, outputs)
+        outputs = {
+            "logits": TensorBuffer.create_from_host_memory(logits),
+            **{name: TensorBuffer.create_from_host_memory(array) for name, array in extras.items()},
+            **self._caches,
+        }
+        next_token = extras.get("next_token")
+        if next_token is not None and (next_token.dtype != np.int32 or next_token.size != 1):
+            next_token = None  # not edgellm's greedy pick
+        if view is not None:
+            tokens, tokens_buffer = view, None
+        return _SignatureIO(tokens, tokens_buffer, positions, logits.reshape(width, self.vocab_size), next_token, inputs, outputs)
 
     def reset(self) -> None:
         """Empty the KV cache (a new conversation)."""
@@ -101,7 +170,8 @@ class LiteRTModel:
         """Invoke one signature on `tokens` (its width of them) at positions start..; logits [width, vocab]."""
         io = self._io[signature]
         io.tokens[0] = tokens
-        io.tokens_buffer.write(io.tokens)
+        if io.tokens_buffer is not None:
+            io.tokens_buffer.write(io.tokens)
         io.positions[:] = range(start, start + len(tokens))
         self.invoke(signature)
         return io.logits.copy()
@@ -137,13 +207,16 @@ class LiteRTModel:
         return np.concatenate(rows)
 
     def decode(self, token: int, position: int) -> np.ndarray:
-        """One generation step: logits [vocab] for `token` at `position`. `run` for one token,
-        without its lists and ranges: this is the loop `bench` holds against the bare model call."""
+        """One generation step: logits [vocab] for `token` at `position`, in memory the next decode
+        overwrites (copy them to keep them). `run` for one token, without its lists, ranges and
+        copy: this is the loop `bench` holds against the bare model call."""
         io = self._io["decode"]
-        io.tokens[0, 0], io.positions[0] = token, position
-        io.tokens_buffer.write(io.tokens)
-        self.invoke("decode")
-        return io.logits[0].copy()
+        token_slot, position_slot, logits = io.one_token
+        token_slot[0], position_slot[0] = token, position
+        if io.tokens_buffer is not None:
+            io.tokens_buffer.write(io.tokens)
+        self._model.run_by_name("decode", io.inputs, io.outputs)
+        return logits
 
 
 @dataclass(frozen=True)
@@ -157,11 +230,15 @@ class Sampler:
     repetition_penalty: float = 1.0
     seed: int | None = None
     _rng: np.random.Generator = field(init=False, repr=False, compare=False)
+    plain_greedy: bool = field(init=False, repr=False, compare=False)  # the arg-max, nothing else
 
     def __post_init__(self):
         object.__setattr__(self, "_rng", np.random.default_rng(self.seed))
+        object.__setattr__(self, "plain_greedy", self.temperature <= 0 and self.repetition_penalty == 1.0)
 
     def __call__(self, logits: np.ndarray, history: list[int] = ()) -> int:
+        if self.plain_greedy:
+            return int(logits.argmax())
         if self.repetition_penalty != 1.0 and len(history):
             seen = np.unique(np.asarray(history))
             logits = logits.copy()
@@ -228,14 +305,17 @@ class Session:
                 f"prompt ({len(self.history)} tokens) + --max-tokens ({max_new_tokens}) exceeds the KV cache "
                 f"({self.model.kv_cache_length} positions); lower --max-tokens or rebuild with a larger export.kv_cache_length"
             )
-        for produced in range(max_new_tokens):
-            token = sampler(self._logits, self.history)
+        picked = self.model.greedy_pick if sampler.plain_greedy else None
+        token = sampler(self._logits, self.history)
+        for produced in range(1, max_new_tokens + 1):
             if token in stop_ids:
                 return
             yield token
-            if produced + 1 < max_new_tokens:
-                self._logits = self.model.decode(token, len(self.history))
-                self.history.append(token)
+            if produced == max_new_tokens:
+                return
+            self._logits = self.model.decode(token, len(self.history))
+            self.history.append(token)
+            token = picked[0] if picked is not None else sampler(self._logits, self.history)
 
 
 def generate(model: LiteRTModel, prompt_ids: list[int], max_new_tokens: int, sampler: Sampler, stop_ids: list[int]) -> Iterator[int]:

@@ -121,7 +121,11 @@ class TextStream:
                 return self._release()
             else:
                 return ""  # no text yet (a control token): it stays context
-        self._pending += self._utf8.decode(self.tokenizer.token_bytes(token_id))
+        text = self._utf8.decode(self.tokenizer.token_bytes(token_id))
+        if not self.stop_strings:  # nothing is ever held back: the decode loop's common case
+            self._emitted.append(text)
+            return text
+        self._pending += text
         return self._release()
 
     def _start_bytes(self) -> None:

@@ -54,7 +54,7 @@ def tflite_logits(model_path: Path, tokens: list[int]) -> np.ndarray:
         raise EdgeLLMError(f"verify.num_tokens ({len(tokens)}) exceeds the KV cache ({model.kv_cache_length}); lower it in the spec")
     split = max(1, len(tokens) // 2)
     rows = [model.prefill(tokens[:split], 0)]
-    rows += [model.decode(t, split + i)[None] for i, t in enumerate(tokens[split:])]
+    rows += [model.decode(t, split + i)[None].copy() for i, t in enumerate(tokens[split:])]
     return np.concatenate(rows)
 
 
