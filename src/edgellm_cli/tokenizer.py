@@ -34,6 +34,7 @@ class Tokenizer:
             except (OSError, RuntimeError) as exc:
                 raise EdgeLLMError(f"{path}: not a valid SentencePiece model ({exc}); re-download it") from None
         self._token_bytes: dict[int, bytes] = {}
+        self._token_text: dict[int, str | None] = {}
 
     def encode(self, text: str) -> list[int]:
         if self._sp is not None:
@@ -57,6 +58,18 @@ class Tokenizer:
         if found is None:
             found = self._token_bytes[token_id] = self._bytes_after_anchor(token_id)
         return found
+
+    def token_text(self, token_id: int) -> str | None:
+        """`token_bytes` as text, or None when they are not whole UTF-8 characters."""
+        try:
+            return self._token_text[token_id]
+        except KeyError:
+            try:
+                text = self.token_bytes(token_id).decode()
+            except UnicodeDecodeError:
+                text = None
+            self._token_text[token_id] = text
+            return text
 
     @cached_property
     def _anchor(self) -> tuple[list[int], str]:
@@ -89,10 +102,10 @@ def load_tokenizer(path: Path) -> Tokenizer:
 class TextStream:
     """Token ids in, text out, as it becomes final.
 
-    Each token's bytes (`Tokenizer.token_bytes`) go through an incremental UTF-8 decoder, so a
-    step costs a dictionary lookup and a character split over byte-fallback or byte-level tokens
-    comes out whole (invalid UTF-8 becomes U+FFFD, one per maximal invalid sequence, where a
-    tokenizer's own decode may write one per byte). Only the first text is found by decoding:
+    Each token adds its bytes (`Tokenizer.token_bytes`): whole characters as cached text, so a
+    step costs a dictionary lookup, and a character split over byte-fallback or byte-level tokens
+    through an incremental UTF-8 decoder, so it comes out whole (invalid UTF-8 becomes U+FFFD, one
+    per maximal invalid sequence, where a tokenizer's own decode may write one per byte). Only the first text is found by decoding:
     the token after its context (the prompt's tail, and any tokens that gave no text), because
     whether it keeps its leading space depends on what came before (SentencePiece drops it at
     the start of a text, keeps it after a prompt). Text is held back while it could begin a stop
@@ -107,6 +120,7 @@ class TextStream:
         self._context: list[int] = list(context)[-4:]
         self._pending = ""
         self._utf8: codecs.IncrementalDecoder | None = None  # set once the first text is out
+        self._mid_character = False  # the decoder holds the first bytes of a character
 
     def push(self, token_id: int) -> str:
         if self._utf8 is None:
@@ -121,7 +135,11 @@ class TextStream:
                 return self._release()
             else:
                 return ""  # no text yet (a control token): it stays context
-        text = self._utf8.decode(self.tokenizer.token_bytes(token_id))
+        # Whole characters come as cached text; the decoder only sees a character split over tokens.
+        text = None if self._mid_character else self.tokenizer.token_text(token_id)
+        if text is None:
+            text = self._utf8.decode(self.tokenizer.token_bytes(token_id))
+            self._mid_character = bool(self._utf8.getstate()[0])
         if not self.stop_strings:  # nothing is ever held back: the decode loop's common case
             self._emitted.append(text)
             return text
