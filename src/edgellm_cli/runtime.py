@@ -36,10 +36,15 @@ class _SignatureIO:
 
     @functools.cached_property
     def one_token(self) -> tuple[memoryview, memoryview, np.ndarray]:
-        """Token slot, position slot and logits row for a one-token step, made once. A memoryview
-        store runs far less code than numpy indexing, and that matters: code run between two model
-        calls slows the next call by several times its own duration (it evicts the model's)."""
-        return memoryview(self.tokens).cast("B").cast("i"), memoryview(self.positions).cast("B").cast("i"), self.logits[0]
+        """Token slot, position slot and logits row for a one-token step, made once."""
+        return _int32_slots(self.tokens), _int32_slots(self.positions), self.logits[0]
+
+
+def _int32_slots(array: np.ndarray) -> memoryview:
+    """Flat int access to an int32 array. A memoryview store or load runs far less code than numpy
+    indexing, and that matters in the decode loop: code run between two model calls slows the next
+    call by several times its own duration (it evicts the model's code and data)."""
+    return memoryview(array).cast("B").cast("i")
 
 
 def _aligned_zeros(size: int, dtype) -> np.ndarray:
@@ -64,8 +69,8 @@ def _host_view(buffer, like: np.ndarray) -> np.ndarray | None:
     """A numpy array over a runtime buffer's own memory, shaped and typed like `like`, so that
     filling the buffer is a store instead of a copy through the binding (a third of a small
     model's decode overhead). The Python API has no such view; the C API in the wheel's
-    libLiteRt.so gives the address. None, and the caller copies, when that is unavailable or
-    the view does not see what the buffer holds."""
+    libLiteRt.so gives the address. The buffer is left zeroed. None, and the caller copies, when
+    that is unavailable or the view does not see what the buffer holds."""
     library = _litert_c_api()
     get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
     get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
@@ -123,7 +128,7 @@ class LiteRTModel:
         next_token = self._io["decode"].next_token
         # The token the last decode picked greedily (edgellm's decode computes it; other tools'
         # models do not: None). A greedy loop reads this int instead of taking the arg-max itself.
-        self.greedy_pick = None if next_token is None else memoryview(next_token).cast("B").cast("i")
+        self.greedy_pick = None if next_token is None else _int32_slots(next_token)
         self.reset()
 
     def _signature_io(self, signature: str) -> _SignatureIO:
@@ -139,8 +144,9 @@ class LiteRTModel:
         positions, logits = _aligned_zeros(width, np.int32), _aligned_zeros(width * self.vocab_size, np.float32)
         tokens_buffer = self._model.create_input_buffer_by_name(signature, "tokens")
         tokens = np.zeros((1, width), np.int32)
-        tokens_buffer.write(tokens)  # a new buffer holds whatever was in that memory
-        view = _host_view(tokens_buffer, tokens)
+        view = _host_view(tokens_buffer, tokens)  # leaves the buffer zeroed when it succeeds
+        if view is None:
+            tokens_buffer.write(tokens)  # a new buffer holds whatever was in that memory
         # The runtime wants a buffer for every output: outputs we do not read (edgellm's decode
         # `next_token` when sampling, other tools' extras) get their own host arrays too.
         extras = {
@@ -215,7 +221,7 @@ class LiteRTModel:
         token_slot[0], position_slot[0] = token, position
         if io.tokens_buffer is not None:
             io.tokens_buffer.write(io.tokens)
-        self._model.run_by_name("decode", io.inputs, io.outputs)
+        self.invoke("decode")  # the same call bench's raw loop makes
         return logits
 
 

@@ -105,10 +105,10 @@ class TextStream:
     Each token adds its bytes (`Tokenizer.token_bytes`): whole characters as cached text, so a
     step costs a dictionary lookup, and a character split over byte-fallback or byte-level tokens
     through an incremental UTF-8 decoder, so it comes out whole (invalid UTF-8 becomes U+FFFD, one
-    per maximal invalid sequence, where a tokenizer's own decode may write one per byte). Only the first text is found by decoding:
-    the token after its context (the prompt's tail, and any tokens that gave no text), because
-    whether it keeps its leading space depends on what came before (SentencePiece drops it at
-    the start of a text, keeps it after a prompt). Text is held back while it could begin a stop
+    per maximal invalid sequence, where a tokenizer's own decode may write one per byte). Only the
+    first text is found by decoding: the token after its context (the prompt's tail, and any tokens
+    that gave no text), because whether it keeps its leading space depends on what came before
+    (SentencePiece drops it at the start of a text, keeps it after a prompt). Text is held back while it could begin a stop
     string; once a stop string appears, the text before it is released and `stopped` is set.
     """
 
