@@ -45,6 +45,7 @@ def tiny(request, tmp_path_factory):
     return spec, make_tiny_checkpoint(request.param, root / "ckpt", spec.tokenizer.file), ArtifactCache(root / "cache")
 
 
+@pytest.mark.slow
 def test_shipped_spec_verifies_and_converts(tiny):
     spec, folder, cache = tiny
     pipeline = Pipeline(spec, checkpoint=folder, cache=cache)
@@ -56,6 +57,7 @@ def test_shipped_spec_verifies_and_converts(tiny):
         assert arch["sliding_window"] < spec.verify.num_tokens  # the window is really exercised
 
 
+@pytest.mark.slow
 def test_spec_init_draft_builds_and_verifies_unedited(tiny, tmp_path):
     spec, folder, cache = tiny
     result = run_cli("spec", "init", "--from", str(folder), "-o", str(tmp_path / "draft.yaml"), cache=tmp_path / "cache")
