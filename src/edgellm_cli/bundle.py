@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgellm_cli.errors import EdgeLLMError
@@ -25,10 +25,11 @@ class BundleInputs:
     model: Path
     tokenizer: Path
     metadata: dict  # edgellm.json: bos_id, add_bos, stop_ids, chat_template, prompt affixes, kv length
+    chat: object | None = None  # deploy_check.ChatPlan: the template and start token adapted for LiteRT-LM
 
     @property
     def start_id(self) -> int | None:
-        return start_id(self.metadata)
+        return self.chat.start_id if self.chat is not None else start_id(self.metadata)
 
 
 def read_inputs(model: Path, tokenizer: Path | None = None) -> BundleInputs:
@@ -73,6 +74,7 @@ def write_litertlm(inputs: BundleInputs, out: Path) -> dict:
     from litert_lm_builder import litertlm_core
     from litert_lm_builder.runtime.proto import executor_metadata_pb2, llm_metadata_pb2, sampler_params_pb2
 
+    from edgellm_cli.deploy_check import model_type
     from edgellm_cli.runtime import LiteRTModel
 
     meta = inputs.metadata
@@ -83,13 +85,15 @@ def write_litertlm(inputs: BundleInputs, out: Path) -> dict:
         llm.stop_tokens.add().token_ids.ids.append(stop)
     prefix, suffix = prompt_affixes(meta)
     llm.prompt_templates.user.prefix, llm.prompt_templates.user.suffix = prefix, suffix
-    if meta.get("chat_template"):
+    if inputs.chat is not None:  # LiteRT-LM's conversation mode renders this (list-of-parts content)
+        llm.jinja_prompt_template = inputs.chat.template
+    elif meta.get("chat_template"):
         llm.jinja_prompt_template = meta["chat_template"]
     # Greedy. LiteRT-LM 0.18 runs only TOP_P samplers on CPU; k=1 makes it greedy.
     llm.sampler_params.type = sampler_params_pb2.SamplerParameters.TOP_P
     llm.sampler_params.k, llm.sampler_params.p, llm.sampler_params.temperature = 1, 1.0, 1.0
     llm.max_num_tokens = meta["kv_cache_length"]
-    llm.llm_model_type.generic_model.SetInParent()
+    getattr(llm.llm_model_type, model_type(meta)).SetInParent()
 
     # Our caches are [1, T, heads, dim]: without the sequence axis the runtime would guess axis 2.
     executor = executor_metadata_pb2.ExecutorMetadata()
@@ -227,7 +231,10 @@ def read_task(path: Path) -> dict:
 
 def bundle(model: Path, fmt: str, out: Path, tokenizer: Path | None = None) -> dict:
     """Write the bundle to a temporary name and rename it, so a failure leaves no half file."""
+    from edgellm_cli.deploy_check import preflight
+
     inputs = read_inputs(model, tokenizer)
+    inputs = replace(inputs, chat=preflight(inputs.metadata, inputs.tokenizer, fmt))  # raises before anything is written
     staging = out.with_name(f".{out.name}.partial")
     try:
         report = (write_litertlm if fmt == "litertlm" else write_task)(inputs, staging)

@@ -194,7 +194,7 @@ def encode_with_specials(tokenizer: Tokenizer, text: str, specials: dict[str, in
     return ids
 
 
-def render_chat(template: str, messages: list[dict], special_strings: dict[str, str]) -> str:
+def render_chat(template: str, messages: list[dict], special_strings: dict[str, str], add_generation_prompt: bool = True) -> str:
     """Render a Hugging Face chat template (Jinja) the way transformers does, ready for the reply."""
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -205,7 +205,7 @@ def render_chat(template: str, messages: list[dict], special_strings: dict[str, 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = raise_exception
     try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=True, **special_strings)
+        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **special_strings)
     except jinja2.TemplateError as exc:
         raise EdgeLLMError(f"chat template does not render ({exc}); fix it or pass --chat-template FILE") from None
 
