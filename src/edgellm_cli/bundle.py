@@ -229,11 +229,13 @@ def read_task(path: Path) -> dict:
     return {"entries": entries, "metadata": decode_message(metadata, _LLM_PARAMETERS)}
 
 
-def bundle(model: Path, fmt: str, out: Path, tokenizer: Path | None = None) -> dict:
+def bundle(model: Path, fmt: str, out: Path, tokenizer: Path | None = None, chat_template: str | None = None) -> dict:
     """Write the bundle to a temporary name and rename it, so a failure leaves no half file."""
     from edgellm_cli.deploy_check import preflight
 
     inputs = read_inputs(model, tokenizer)
+    if chat_template is not None:
+        inputs = replace(inputs, metadata={**inputs.metadata, "chat_template": chat_template})
     inputs = replace(inputs, chat=preflight(inputs.metadata, inputs.tokenizer, fmt))  # raises before anything is written
     staging = out.with_name(f".{out.name}.partial")
     try:

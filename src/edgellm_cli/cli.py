@@ -356,18 +356,39 @@ def quantize(model, recipe, output, as_json) -> None:
 @click.option("--format", "fmt", type=click.Choice(["litertlm", "task"]), required=True, help="LiteRT-LM .litertlm or MediaPipe .task.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Default: MODEL with the format's extension.")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="Default: the one named by edgellm.json beside MODEL.")
+@click.option("--chat-template", "template_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Jinja chat template file (default: the checkpoint's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def bundle(model, fmt, output, tokenizer, as_json) -> None:
+def bundle(model, fmt, output, tokenizer, template_file, as_json) -> None:
     """Package MODEL with its tokenizer, start/stop tokens and prompt template for a runtime."""
     from edgellm_cli.bundle import bundle as write_bundle
 
-    report = write_bundle(model, fmt, output or model.with_suffix(f".{fmt}"), tokenizer)
+    template = template_file.read_text(encoding="utf-8") if template_file else None
+    report = write_bundle(model, fmt, output or model.with_suffix(f".{fmt}"), tokenizer, chat_template=template)
     if as_json:
         emit_json(report)
         return
     _console().print(f"  bundle         [green]wrote[/] {report['size_bytes'] / 1e6:.2f} MB  start {report.get('start_id', report.get('start_token'))}, "
                      f"stop {report.get('stop_ids', report.get('stop_tokens'))}")
     click.echo(report["output"])
+
+
+@cli.command(epilog="\b\nExamples:\n  edgellm check build/smollm2-135m/smollm2-135m.litertlm\n  edgellm check other-tool.task --json")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-generate", is_flag=True, help="Skip the short greedy generation through LiteRT-LM's engine.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def check(path, no_generate, as_json) -> None:
+    """Check a .litertlm or .task bundle (any tool's) the way its runtime will use it; exit 2 when a check fails."""
+    from edgellm_cli.deploy_check import check_bundle
+
+    report = check_bundle(path, generate=not no_generate)
+    if as_json:
+        emit_json(report)
+    else:
+        for item in report["checks"]:
+            mark = "[green]ok[/]  " if item["ok"] else "[red]FAIL[/]"
+            _console().print(f"  {mark} {item['name']:<11} {item['detail']}", markup=True, highlight=False)
+    if not report["ok"]:
+        sys.exit(2)
 
 
 @cli.command(epilog="\b\nExamples:\n  edgellm inspect build/stories260k/model.tflite\n  edgellm inspect stories.task --json")
