@@ -104,7 +104,7 @@ def test_check_reports_a_task_bundle(stories_build, tmp_path):
     result = run_cli("check", str(out), "--json", cache=stories_build.cache)
     assert result.code == 0, result.stderr
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
-    assert checks["signatures"]["detail"] == "prefill_8, prefill_32, decode" and checks["kv cache"]["detail"].startswith("512 positions")
+    assert checks["signatures"]["detail"] == "prefill_8, prefill_32, decode" and checks["kv cache"]["detail"].startswith("256 positions")
     assert checks["tokens"]["detail"] == "start '<s>', stop ['</s>', '<s>']"
 
 
@@ -123,7 +123,7 @@ def real_smollm2(tmp_path_factory):
 
 
 def test_real_smollm2_bundle_answers_in_litert_lm_conversation_mode(real_smollm2, tmp_path):
-    reply = converse(real_smollm2, ["What is the capital of France?"], 64, tmp_path)["replies"][0]
+    reply = converse(real_smollm2, ["What is the capital of France?"], 256, tmp_path)["replies"][0]
     assert "Paris" in reply
 
 
