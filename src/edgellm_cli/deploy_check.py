@@ -1,6 +1,6 @@
 """Will a bundle work in its runtime? The pre-flight `bundle` runs before writing, and `edgellm check`.
 
-The checks follow what LiteRT-LM 0.18 does with a `.litertlm` (see chat_template.py): it renders
+The checks follow what LiteRT-LM 0.18 does with a `.litertlm` (see litert_template.py): it renders
 the carried template with minijinja on list-of-parts content, with `bos_token` and `eos_token`
 empty, adds the start token itself, prefills each turn as the difference of two renderings, and
 stops at the metadata's stop tokens.
@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgellm_cli.chat_template import PROBE_CONVERSATIONS, adapt_for_litert_lm, as_parts, render_litert_lm, turn_tail
+from edgellm_cli.litert_template import PROBE_CONVERSATIONS, adapt_for_litert_lm, as_parts, render_litert_lm, turn_tail
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.tokenizer import Tokenizer, encode_with_specials, render_chat
 
