@@ -12,8 +12,8 @@ import pytest
 from conftest import ASSETS, SPECS, run_cli
 from tiny_models import make_tiny_checkpoint
 
-from edgellm_cli.litert_template import PROBE_CONVERSATIONS, adapt_for_litert_lm, as_parts, render_litert_lm, turn_tail
 from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.litert_template import PROBE_CONVERSATIONS, adapt_for_litert_lm, as_parts, render_litert_lm, turn_tail
 from edgellm_cli.tokenizer import render_chat
 
 REAL_SMOLLM2 = Path(os.environ.get("EDGELLM_REAL_MODELS", Path.home() / ".cache" / "edgellm-real-models")) / "smollm2-135m-instruct"

@@ -18,8 +18,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgellm_cli.litert_template import PROBE_CONVERSATIONS, adapt_for_litert_lm, as_parts, render_litert_lm, turn_tail
 from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.litert_template import PROBE_CONVERSATIONS, adapt_for_litert_lm, as_parts, render_litert_lm, turn_tail
 from edgellm_cli.tokenizer import Tokenizer, encode_with_specials, render_chat
 
 # LiteRT-LM LlmModelType (llm_model_type.proto) by checkpoint family. Qwen 2.5 and Qwen 3 have their
