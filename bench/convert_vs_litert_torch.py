@@ -28,12 +28,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {
-    "smollm2-135m": ("Llama", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                                   num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True)),
-    "qwen2.5-0.5b": ("Qwen2", dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                                   num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=True)),
-    "tinyllama-1.1b": ("Llama", dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                                     num_key_value_heads=4, max_position_embeddings=2048, rope_theta=10000.0, tie_word_embeddings=False)),
+    "smollm2-135m": ("Llama", {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                                   "num_key_value_heads": 3, "max_position_embeddings": 8192, "rope_theta": 100000.0, "tie_word_embeddings": True}),
+    "qwen2.5-0.5b": ("Qwen2", {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+                                   "num_key_value_heads": 2, "max_position_embeddings": 32768, "rope_theta": 1000000.0, "tie_word_embeddings": True}),
+    "tinyllama-1.1b": ("Llama", {"vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+                                     "num_key_value_heads": 4, "max_position_embeddings": 2048, "rope_theta": 10000.0, "tie_word_embeddings": False}),
 }
 TOKENIZERS = REPO.parent / "shared" / "assets" / "tokenizers"
 

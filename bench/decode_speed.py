@@ -19,9 +19,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 EDGELLM = [sys.executable, "-m", "edgellm_cli"]
-TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                 num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-                 tie_word_embeddings=False)
+TINYLLAMA = {"vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+                 "num_key_value_heads": 4, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "bos_token_id": 1, "eos_token_id": 2,
+                 "tie_word_embeddings": False}
 
 
 def make_checkpoint(folder: Path) -> None:
@@ -67,7 +67,7 @@ def main() -> None:
             for name, folder, repeats, decode_tokens in [("stories260k", "stories", 41, 64), ("tinyllama-1.1b shape", "tinyllama", 7, 32)]
             for threads in args.threads]
     print(f"TinyLlama-shaped build (cold cache unless reused): {built['seconds']:.0f} s, peak RSS {built['peak_rss_gb']:.2f} GB")
-    print(f"| model | threads | TTFT (128-token prompt) | largest prefill_N tok/s | decode tok/s (pipeline) | decode tok/s (raw invoke) | overhead |")
+    print("| model | threads | TTFT (128-token prompt) | largest prefill_N tok/s | decode tok/s (pipeline) | decode tok/s (raw invoke) | overhead |")
     print("|---|---|---|---|---|---|---|")
     for name, r in rows:
         prefill = max(r["prefill"].values(), key=lambda p: p["tokens"])

@@ -16,12 +16,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from tiny_models import TINY, make_tiny_checkpoint  # noqa: E402
+from tiny_models import TINY, make_tiny_checkpoint
 
-from edgellm_cli.cache import ArtifactCache  # noqa: E402
-from edgellm_cli.pipeline import Pipeline  # noqa: E402
-from edgellm_cli.quiet import quiet_libraries  # noqa: E402
-from edgellm_cli.spec import load_spec  # noqa: E402
+from edgellm_cli.cache import ArtifactCache
+from edgellm_cli.pipeline import Pipeline
+from edgellm_cli.quiet import quiet_libraries
+from edgellm_cli.spec import load_spec
 
 
 def main() -> None:
@@ -33,10 +33,10 @@ def main() -> None:
             spec = load_spec(REPO / "model_specs" / f"{name}.yaml")
             folder = make_tiny_checkpoint(name, Path(tmp) / name, spec.tokenizer.file)
             pipeline = Pipeline(spec, checkpoint=folder, cache=ArtifactCache(Path(tmp) / "cache"))
-            ours = pipeline.verify().report["comparisons"]["reauthored_vs_transformers"]
-            tflite = pipeline.verify_tflite().report["comparisons"]["tflite_vs_transformers"]
+            ours = pipeline.result("verify").report["comparisons"]["reauthored_vs_transformers"]
+            tflite = pipeline.result("verify-tflite").report["comparisons"]["tflite_vs_transformers"]
             cls = json.loads((folder / "config.json").read_text())["architectures"][0]
-            spread = np.load(pipeline.verify().path / "reference_logits.npy").std()
+            spread = np.load(pipeline.result("verify").path / "reference_logits.npy").std()
             print(f"| {name} | {cls} | {spread:.2f} | {ours['max_abs_logit_diff']:.1e} | {tflite['max_abs_logit_diff']:.1e} | {tflite['top1_agreement']:.0%} |", flush=True)
 
 

@@ -16,19 +16,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from edgellm_cli.cache import ArtifactCache  # noqa: E402
-from edgellm_cli.evaluate import evaluate  # noqa: E402
-from edgellm_cli.pipeline import MODEL_FILE, Pipeline  # noqa: E402
-from edgellm_cli.quantize import load_recipe, recipe_names  # noqa: E402
-from edgellm_cli.quiet import native_output_to, quiet_libraries  # noqa: E402
-from edgellm_cli.runtime import LiteRTModel, Sampler, generate  # noqa: E402
-from edgellm_cli.spec import load_spec  # noqa: E402
-from edgellm_cli.tokenizer import Tokenizer  # noqa: E402
+from edgellm_cli.cache import ArtifactCache
+from edgellm_cli.evaluate import evaluate
+from edgellm_cli.pipeline import Pipeline
+from edgellm_cli.quantize import load_recipe, recipe_names
+from edgellm_cli.quiet import native_output_to, quiet_libraries
+from edgellm_cli.runtime import LiteRTModel, Sampler, generate
+from edgellm_cli.spec import load_spec
+from edgellm_cli.tokenizer import load_tokenizer
 
 SHAKESPEARE = REPO.parent / "shared/assets/corpora/tinyshakespeare/input.txt"
 
 
-def sampled_stories(model: Path, tokenizer: Tokenizer) -> str:
+def sampled_stories(model: Path, tokenizer) -> str:
     runner = LiteRTModel(model)
     return "\n".join(tokenizer.decode(list(generate(runner, [1], 250, Sampler(temperature=1.0, seed=seed), stop_ids=[1, 2])))
                      for seed in range(1, 17))
@@ -37,13 +37,13 @@ def sampled_stories(model: Path, tokenizer: Tokenizer) -> str:
 def main() -> None:
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp, native_output_to():
-        pipeline = Pipeline(load_spec(REPO / "model_specs/stories260k.yaml"), cache=ArtifactCache(Path(tmp) / "cache"))
-        float_model = pipeline.convert().path / MODEL_FILE
-        tokenizer = Tokenizer(REPO / "demo/stories260K/tokenizer.model")
-        quantized = {name: pipeline.quantize(load_recipe(name)) for name in recipe_names()}
+        spec, cache = load_spec(REPO / "model_specs/stories260k.yaml"), ArtifactCache(Path(tmp) / "cache")
+        float_model = Pipeline(spec, cache=cache).result("convert").file
+        tokenizer = load_tokenizer(REPO / "demo/stories260K/tokenizer.model")
+        quantized = {name: Pipeline(spec, recipe=load_recipe(name), cache=cache).result("quantize") for name in recipe_names()}
         in_domain = Path(tmp) / "stories.txt"
         in_domain.write_text(sampled_stories(float_model, tokenizer))
-        models = [float_model] + [q.path / MODEL_FILE for q in quantized.values()]
+        models = [float_model] + [q.file for q in quantized.values()]
         reports = {corpus: evaluate(models, tokenizer, path, 1, 4096) for corpus, path in
                    [("in-domain stories sampled by the float model", in_domain), ("tinyshakespeare", SHAKESPEARE)]}
         greedy = {name: list(generate(LiteRTModel(path), [1], 200, Sampler(), stop_ids=[1])) for name, path in zip(["float", *quantized], models)}

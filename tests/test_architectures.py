@@ -12,7 +12,7 @@ from edgellm_cli.cache import ArtifactCache
 from edgellm_cli.layers.rope import inverse_frequencies
 from edgellm_cli.pipeline import Pipeline
 from edgellm_cli.spec import RopeScaling, architecture_from_hf_config, load_spec
-from edgellm_cli.spec_init import FAMILY_SPECS, draft_specs
+from edgellm_cli.spec_init import FAMILY_SPECS
 
 
 def test_llama3_inverse_frequencies_match_transformers():
@@ -48,10 +48,10 @@ def tiny(request, tmp_path_factory):
 def test_shipped_spec_verifies_and_converts(tiny):
     spec, folder, cache = tiny
     pipeline = Pipeline(spec, checkpoint=folder, cache=cache)
-    comparisons = pipeline.verify().report["comparisons"] | pipeline.verify_tflite().report["comparisons"]
+    comparisons = pipeline.result("verify").report["comparisons"] | pipeline.result("verify-tflite").report["comparisons"]
     assert set(comparisons) == {"reauthored_vs_transformers", "tflite_vs_transformers", "tflite_vs_reauthored"}
     assert_within_tolerance(comparisons)
-    arch = pipeline.fetch().report["architecture"]
+    arch = pipeline.result("fetch").report["architecture"]
     if arch["sliding_window"] is not None:
         assert arch["sliding_window"] < spec.verify.num_tokens  # the window is really exercised
 
@@ -64,7 +64,7 @@ def test_spec_init_draft_builds_and_verifies_unedited(tiny, tmp_path):
     assert draft.model_dump(include={"weights", "architecture"}) == spec.model_dump(include={"weights", "architecture"})
     assert draft.export == spec.export
     pipeline = Pipeline(draft, cache=cache)
-    assert_within_tolerance(pipeline.verify().report["comparisons"] | pipeline.verify_tflite().report["comparisons"])
+    assert_within_tolerance(pipeline.result("verify").report["comparisons"] | pipeline.result("verify-tflite").report["comparisons"])
 
 
 def test_spec_init_refuses_an_unsupported_class_and_lists_the_supported(tmp_path):
@@ -77,7 +77,7 @@ def test_spec_init_refuses_an_unsupported_class_and_lists_the_supported(tmp_path
 def test_qk_rope_and_attention_knobs_really_come_from_the_config(tmp_path):
     folder = make_tiny_checkpoint("gemma-3-1b", tmp_path / "g3", "tokenizer.model")
     pipeline = Pipeline(load_spec(SPECS / "gemma-3-1b.yaml"), checkpoint=folder, cache=ArtifactCache(tmp_path / "cache"))
-    arch = pipeline.fetch().report["architecture"]
+    arch = pipeline.result("fetch").report["architecture"]
     assert arch["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention"]
     assert (arch["rope_theta"], arch["rope_local_theta"]) == (1000000.0, 10000.0)
     assert arch["qk_norm"] and arch["norm_offset"] == 1.0 and arch["embedding_scale"] and arch["attention_scale"] == 16**-0.5

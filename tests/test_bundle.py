@@ -5,14 +5,15 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
 
-from edgellm_cli.bundle import TASK_ENTRIES, decode_message, prompt_affixes, read_task, task_metadata
+from edgellm_cli.bundle import TASK_ENTRIES, decode_message, read_task, task_metadata
+from edgellm_cli.chat_template import prompt_affixes
+from edgellm_cli.metadata import PromptSettings
 
 ENGINE = """
 import json, sys, litert_lm as lm
@@ -39,7 +40,7 @@ def bundles(stories_build, tmp_path_factory):
 def test_litertlm_runs_in_litert_lm_and_matches_edgellm_run(stories_build, bundles, tmp_path):
     pytest.importorskip("litert_lm", reason="litert-lm-api is a dev extra: make install")
     engine = subprocess.run([sys.executable, "-c", ENGINE, str(bundles / "stories.litertlm"), "120", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+                            check=False, capture_output=True, text=True, timeout=300)
     assert engine.returncode == 0, engine.stderr[-2000:]
     theirs = json.loads(engine.stdout.strip().splitlines()[-1])
     ours = run_cli("run", str(stories_build.output / "model.tflite"), "--max-tokens", "120", "--json", cache=stories_build.cache)
@@ -84,9 +85,9 @@ def test_bundle_without_edgellm_metadata_is_a_clear_error(stories_build, tmp_pat
 def test_prompt_affixes_come_from_the_chat_template():
     # As in transformers, Jinja drops the template source's final newline.
     template = "{{ bos_token }}{% for m in messages %}<|user|>\n{{ m['content'] }}<|end|>\n{% endfor %}<|assistant|>\n"
-    assert prompt_affixes({"chat_template": template, "bos_token": "<s>"}) == ("<|user|>\n", "<|end|>\n<|assistant|>")
-    assert prompt_affixes({"chat_template": template, "prompt_prefix": "U:"}) == ("U:", "<|end|>\n<|assistant|>")
-    assert prompt_affixes({}) == ("", "")
+    assert prompt_affixes(PromptSettings(chat_template=template, bos_token="<s>")) == ("<|user|>\n", "<|end|>\n<|assistant|>")
+    assert prompt_affixes(PromptSettings(chat_template=template, prompt_prefix="U:")) == ("U:", "<|end|>\n<|assistant|>")
+    assert prompt_affixes(PromptSettings()) == ("", "")
 
 
 def test_task_metadata_round_trips():
@@ -96,24 +97,7 @@ def test_task_metadata_round_trips():
                                            "prompt_template": {"prompt_prefix": "<P>", "prompt_suffix": "<S>"}}
 
 
-MEDIAPIPE = Path(tempfile.gettempdir()) / "edgellm-test-mediapipe-0.10.21"
-
-
-def mediapipe_python() -> Path:
-    """A separate environment with mediapipe 0.10.21, whose bundler needs numpy<2 and protobuf<5."""
-    python = MEDIAPIPE / "bin" / "python"
-    if (MEDIAPIPE / "ready").is_file():
-        return python
-    try:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(MEDIAPIPE)], check=True, capture_output=True, timeout=120)
-        pip = [str(python), "-m", "pip", "install", "--quiet"]
-        subprocess.run([*pip, "--no-deps", "mediapipe==0.10.21"], check=True, capture_output=True, timeout=900)
-        subprocess.run([*pip, "numpy<2", "protobuf>=4.25.3,<5", "sentencepiece", "opencv-contrib-python-headless<4.12", "matplotlib",
-                        "absl-py", "attrs", "flatbuffers"], check=True, capture_output=True, timeout=900)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"mediapipe 0.10.21 could not be installed in {MEDIAPIPE}: {getattr(exc, 'stderr', b'')[-300:]!r}")
-    (MEDIAPIPE / "ready").write_text("ok")
-    return python
+MEDIAPIPE_PYTHON = Path(__file__).resolve().parents[1] / ".venv-mediapipe" / "bin" / "python"
 
 
 BUNDLER = """
@@ -124,8 +108,11 @@ bundler.create_bundle(bundler.BundleConfig(tflite_model=sys.argv[1], tokenizer_m
 """
 
 
+@pytest.mark.slow
 def test_task_has_the_same_entries_and_metadata_as_mediapipes_bundler(stories_build, tmp_path):
-    python = mediapipe_python()
+    if not MEDIAPIPE_PYTHON.is_file():
+        pytest.skip(f"MediaPipe's bundler is not installed at {MEDIAPIPE_PYTHON}: run `make install-mediapipe`")
+    python = MEDIAPIPE_PYTHON
     out = tmp_path / "out"
     # A template gives the bundle a prompt prefix and suffix, as a chat model's would.
     spec = tmp_path / "chat.yaml"
@@ -136,7 +123,7 @@ def test_task_has_the_same_entries_and_metadata_as_mediapipes_bundler(stories_bu
     theirs = tmp_path / "mediapipe.task"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     made = subprocess.run([str(python), "-c", BUNDLER, str(out / "model.tflite"), str(out / "tokenizer.model"), str(theirs), "<U>", "</U><A>"],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          check=False, capture_output=True, text=True, env=env, timeout=300)
     assert made.returncode == 0, made.stderr[-2000:]
     with zipfile.ZipFile(ours) as a, zipfile.ZipFile(theirs) as b:
         assert a.namelist() == b.namelist() == list(TASK_ENTRIES)

@@ -12,9 +12,10 @@ import pytest
 from conftest import ASSETS, SPECS, run_cli
 from tiny_models import make_tiny_checkpoint
 
+from edgellm_cli.chat_template import render_chat
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.litert_template import PROBE_CONVERSATIONS, adapt_for_litert_lm, as_parts, render_litert_lm, turn_tail
-from edgellm_cli.tokenizer import render_chat
+from edgellm_cli.tokenizer import load_tokenizer
 
 REAL_SMOLLM2 = Path(os.environ.get("EDGELLM_REAL_MODELS", Path.home() / ".cache" / "edgellm-real-models")) / "smollm2-135m-instruct"
 
@@ -122,11 +123,13 @@ def real_smollm2(tmp_path_factory):
     return root / "out" / "smollm2-135m.litertlm"
 
 
+@pytest.mark.slow
 def test_real_smollm2_bundle_answers_in_litert_lm_conversation_mode(real_smollm2, tmp_path):
     reply = converse(real_smollm2, ["What is the capital of France?"], 256, tmp_path)["replies"][0]
     assert "Paris" in reply
 
 
+@pytest.mark.slow
 def test_litert_lm_cli_runs_the_bundle_with_its_template(real_smollm2):
     cli = Path(sys.executable).parent / "litert-lm"
     if not cli.is_file():
@@ -137,6 +140,7 @@ def test_litert_lm_cli_runs_the_bundle_with_its_template(real_smollm2):
     assert "Failed to apply template" not in done.stderr
 
 
+@pytest.mark.slow
 def test_check_passes_the_real_bundle_and_fails_an_unadapted_one(real_smollm2, tmp_path):
     result = run_cli("check", str(real_smollm2), "--json", cache=tmp_path / "cache")
     assert result.code == 0, result.stdout + result.stderr
@@ -165,7 +169,7 @@ def tiny_chat_checkpoint(family: str, folder: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from edgellm_cli.tokenizer import Tokenizer, encode_with_specials
+    from edgellm_cli.chat_template import encode_with_specials
 
     source = chat_folder(family)
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -180,7 +184,7 @@ def tiny_chat_checkpoint(family: str, folder: Path) -> Path:
     config = json.loads((folder / "tokenizer_config.json").read_text())
     strings = {k: (v.get("content") if isinstance(v, dict) else v) or "" for k in ("bos_token", "eos_token") for v in [config.get(k)]}
     specials = {strings["bos_token"]: bos} if strings["bos_token"] and bos is not None else {}
-    prompt = encode_with_specials(Tokenizer(folder / "tokenizer.json"), render_chat(template_of(source), [{"role": "user", "content": FIRST}], strings), specials)
+    prompt = encode_with_specials(load_tokenizer(folder / "tokenizer.json"), render_chat(template_of(source), [{"role": "user", "content": FIRST}], strings), specials)
     with torch.no_grad():
         # A tied head moves the input embedding too, which changes the path: repeat until replies end early.
         for _ in range(8):
@@ -196,6 +200,7 @@ def tiny_chat_checkpoint(family: str, folder: Path) -> Path:
 FIRST, SECOND = "Hi there!", "Tell me more."
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["smollm2-135m", "phi-3-mini", "qwen2.5-0.5b", "tinyllama-1.1b"])
 def test_two_turns_in_litert_lm_give_the_tokens_edgellm_chat_gives(family, tmp_path):
     pytest.importorskip("litert_lm", reason="litert-lm-api is a dev extra: make install")

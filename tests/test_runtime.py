@@ -2,14 +2,17 @@
 streaming detokenisation, chat templates, and the run / chat / bench commands."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from conftest import DEMO, EXPECTED_GREEDY, asset, run_cli
 
+from edgellm_cli.chat_template import encode_with_specials, render_chat
 from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.metadata import read_metadata
 from edgellm_cli.runtime import LiteRTModel, Sampler, Session, generate
-from edgellm_cli.tokenizer import TextStream, Tokenizer, encode_with_specials, render_chat
+from edgellm_cli.tokenizer import TextStream, load_tokenizer
 
 STORY = "Once upon a time there was a big dog who liked to run in the park with his friends. One day he saw a cat and they played"
 
@@ -21,7 +24,7 @@ def model(stories_build):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return Tokenizer(DEMO / "tokenizer.model")
+    return load_tokenizer(DEMO / "tokenizer.model")
 
 
 def greedy_ids(model, prompt, count):
@@ -125,7 +128,7 @@ def test_session_reuses_the_cached_prefix_and_matches_a_fresh_prefill(model, tok
 
 
 def test_streaming_keeps_multibyte_utf8_whole():
-    tokenizer = Tokenizer(asset("tokenizers/llama2-spm/tokenizer.model"))
+    tokenizer = load_tokenizer(asset("tokenizers/llama2-spm/tokenizer.model"))
     text = "Grüße, 世界! 🙂 naïve café"
     stream = TextStream(tokenizer)
     pieces = [stream.push(i) for i in tokenizer.encode(text)] + [stream.flush()]
@@ -134,7 +137,7 @@ def test_streaming_keeps_multibyte_utf8_whole():
 
 
 def test_streaming_byte_level_bpe_round_trips():
-    tokenizer = Tokenizer(asset("tokenizers/phi-2/tokenizer.json"))
+    tokenizer = load_tokenizer(asset("tokenizers/phi-2/tokenizer.json"))
     text = "def f(x):\n    return x ** 2  # naïve 🙂 ünïcödé\n\n\tend"
     stream = TextStream(tokenizer)
     assert "".join([stream.push(i) for i in tokenizer.encode(text)] + [stream.flush()]) == text
@@ -145,7 +148,7 @@ def test_streaming_byte_level_bpe_round_trips():
 def test_streamed_text_equals_decoding_the_whole_sequence(path):
     """Streaming appends each token's bytes; over real multilingual text, after a prompt or from
     the start, with special tokens among the output, it must write what decode writes."""
-    tokenizer = Tokenizer(asset(path))
+    tokenizer = load_tokenizer(asset(path))
     text = asset("corpora/wikitext2-test/wikitext-2-raw-test.txt").read_text(encoding="utf-8")[:6000]
     ids = tokenizer.encode(text + " Grüße, 世界! 🙂 naïve café 日本語 Ελληνικά\n\tend")
     rng = np.random.default_rng(0)
@@ -219,3 +222,28 @@ def test_bench_reports_every_measurement(stories_build):
     assert all(row["tokens_per_second"] > 0 for row in report["prefill"].values())
     assert report["decode_tokens_per_second"] > 0 and report["raw_decode_tokens_per_second"] > 0
     assert report["time_to_first_token_ms"] > 0 and report["peak_rss_mb"] > 0 and report["threads"] == 1
+
+
+def test_bench_prompt_as_long_as_the_cache_names_the_option(stories_build):
+    result = run_cli("bench", str(stories_build.output / "model.tflite"), "--prompt-tokens", "256", cache=stories_build.cache)
+    assert result.code == 2 and result.stderr.count("\n") == 1 and "--prompt-tokens 256" in result.stderr, result.stderr
+
+
+def test_a_model_without_edgellm_json_starts_from_the_tokenizers_bos(stories_build, tmp_path):
+    lone = tmp_path / "model.tflite"  # as another tool's output: no edgellm.json beside it
+    shutil.copyfile(stories_build.output / "model.tflite", lone)
+    result = run_cli("run", str(lone), "--tokenizer", str(DEMO / "tokenizer.model"), "--max-tokens", "200", "--stop-id", "1",
+                     cache=stories_build.cache)
+    assert result.code == 0, result.stderr
+    assert result.stdout.rstrip("\n") == asset(EXPECTED_GREEDY).read_text().rstrip("\n")  # the story starts at BOS
+
+
+def test_edgellm_json_is_typed_and_a_bad_field_is_one_line(stories_build, tmp_path):
+    metadata = read_metadata(stories_build.output / "model.tflite")
+    assert (metadata.tokenizer, metadata.start_id, metadata.kv_cache_length, metadata.prefill_lengths) == ("tokenizer.model", 1, 256, [8, 32])
+    copy = tmp_path / "out"
+    shutil.copytree(stories_build.output, copy)
+    broken = json.loads((copy / "edgellm.json").read_text()) | {"stop_ids": "two"}
+    (copy / "edgellm.json").write_text(json.dumps(broken))
+    result = run_cli("run", str(copy / "model.tflite"), cache=stories_build.cache)
+    assert result.code == 2 and result.stderr.count("\n") == 1 and "stop_ids" in result.stderr, result.stderr

@@ -8,7 +8,9 @@ import pytest
 from conftest import asset, run_cli
 
 from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.spm import check, load_spm, to_sentencepiece
+from edgellm_cli.spm import to_sentencepiece
+from edgellm_cli.tokenizer import load_spm
+from edgellm_cli.tokenizer_check import check
 
 WIKITEXT = "corpora/wikitext2-test/wikitext-2-raw-test.txt"
 
@@ -91,14 +93,14 @@ def test_bad_inputs_name_the_fix(tmp_path):
     with pytest.raises(EdgeLLMError, match="merges.txt is missing"):
         to_sentencepiece(tmp_path, tmp_path / "o.model")
     (tmp_path / "tokenizer.json").write_text("{not json")
-    with pytest.raises(EdgeLLMError, match="unreadable JSON"):
+    with pytest.raises(EdgeLLMError, match="not valid JSON"):
         to_sentencepiece(tmp_path / "tokenizer.json", tmp_path / "o.model")
     (tmp_path / "bad.model").write_bytes(b"garbage")
     with pytest.raises(EdgeLLMError, match="not a valid SentencePiece model"):
         check(asset("tokenizers/gpt2"), tmp_path / "bad.model")
 
 
-# Through the real CLI: needs `cli.add_command(tokenizer)` in cli.py (edgellm_cli.spm_cli).
+# Through the real CLI.
 
 
 def test_cli_to_spm_prints_the_check_and_json(tmp_path, cache):

@@ -17,9 +17,9 @@ SPM = REPO / "demo" / "stories260K" / "tokenizer.model"
 BPE_JSON = ASSETS / "tokenizers" / "phi-2" / "tokenizer.json"  # a stand-in: verification uses token ids only
 
 WINDOW = 6
-COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=None,
-              initializer_range=0.2)  # logits with a trained model's spread (std ~1.6), so 1e-3 means something
+COMMON = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "max_position_embeddings": 1024, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None,
+              "initializer_range": 0.2}  # logits with a trained model's spread (std ~1.6), so 1e-3 means something
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.runtime import LiteRTModel, Sampler, Session
 from edgellm_cli.tokenizer import TextStream, Tokenizer
 
@@ -42,6 +43,8 @@ def benchmark(
     load_started = time.perf_counter()
     model = LiteRTModel(model_path, num_threads=threads)
     load_seconds = time.perf_counter() - load_started
+    if prompt_tokens >= model.kv_cache_length:
+        raise EdgeLLMError(f"--prompt-tokens {prompt_tokens} leaves no room to decode in the KV cache ({model.kv_cache_length} positions); lower it")
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, model.vocab_size, size=prompt_tokens).tolist()
     if prompt_tokens + decode_tokens > model.kv_cache_length:
@@ -51,7 +54,7 @@ def benchmark(
     prefill = {}
     for n, signature in model.prefill_signatures.items():
         model.run(signature, prompt[:n] + [0] * (n - len(prompt[:n])), 0)  # warm-up: first call sets up kernels
-        seconds = _best_of(repeats, lambda: model.invoke(signature))
+        seconds = _best_of(repeats, lambda signature=signature: model.invoke(signature))
         prefill[signature] = {"tokens": n, "ms": round(seconds * 1e3, 3), "tokens_per_second": round(_rate(n, seconds), 1)}
 
     def first_token() -> None:

@@ -1,104 +1,104 @@
-"""Bundle stage: package a converted model for the runtimes apps use.
+"""Bundle stage: package a model for the runtimes apps use, as a registry of formats.
 
 `.litertlm` (LiteRT-LM) is written with litert-lm-builder; MediaPipe's `.task` is written here
 (its bundler only exists in an old mediapipe that cannot share our environment). Both take the
 start token (only when the model's input really starts with BOS), the stop tokens, the prompt
-prefix/suffix and the chat template from the `edgellm.json` that `build` writes beside the model.
+prefix/suffix and the chat template from the model's `edgellm.json`. Adding a format is one
+writer function and one `BundleFormat` entry in `FORMATS`.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.runtime import read_metadata, start_id, template_strings
+from pydantic import BaseModel
 
-FORMATS = ("litertlm", "task")
-_PROBE = "\x00edgellm-probe\x00"
+from edgellm_cli.chat_template import prompt_affixes
+from edgellm_cli.deploy_check import ChatPlan, model_type, preflight
+from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.files import temporary_sibling
+from edgellm_cli.metadata import ModelMetadata
+from edgellm_cli.tokenizer import Tokenizer, load_tokenizer
 
 
 @dataclass(frozen=True)
 class BundleInputs:
     model: Path
     tokenizer: Path
-    metadata: dict  # edgellm.json: bos_id, add_bos, stop_ids, chat_template, prompt affixes, kv length
-    chat: object | None = None  # deploy_check.ChatPlan: the template and start token adapted for LiteRT-LM
+    metadata: ModelMetadata
+    chat: ChatPlan | None = None  # the template and start token adapted for LiteRT-LM (set by the pre-flight)
 
     @property
     def start_id(self) -> int | None:
-        return self.chat.start_id if self.chat is not None else start_id(self.metadata)
+        return self.chat.start_id if self.chat is not None else self.metadata.start_id
 
 
-def read_inputs(model: Path, tokenizer: Path | None = None) -> BundleInputs:
-    if not model.is_file():
-        raise EdgeLLMError(f"model {model} does not exist; pass the model.tflite that `edgellm build` wrote")
-    metadata = read_metadata(model)
-    if not metadata:
-        raise EdgeLLMError(f"no edgellm.json beside {model}; bundle the output folder of `edgellm build` (it holds the tokens and template)")
-    tokenizer = tokenizer or model.parent / metadata["tokenizer"]
-    if not tokenizer.is_file():
-        raise EdgeLLMError(f"tokenizer {tokenizer} does not exist; pass --tokenizer")
-    return BundleInputs(model, tokenizer, metadata)
+class BundleReport(BaseModel):
+    """What every writer reports: the special tokens as ids and as text, and the prompt affixes."""
+
+    format: str
+    start_id: int | None
+    start_token: str | None
+    stop_ids: list[int]
+    stop_tokens: list[str]
+    prompt_prefix: str
+    prompt_suffix: str
 
 
-def prompt_affixes(metadata: dict) -> tuple[str, str]:
-    """(prefix, suffix) around one user message, as the chat template renders it; spec overrides win.
-
-    The template is rendered on a single probe message: what precedes the probe is the prefix,
-    what follows it (end of the user turn, start of the model's) is the suffix. The BOS text is
-    left out: the runtime adds the start token itself.
-    """
-    prefix, suffix = metadata.get("prompt_prefix"), metadata.get("prompt_suffix")
-    template = metadata.get("chat_template")
-    if template and (prefix is None or suffix is None):
-        from edgellm_cli.tokenizer import render_chat
-
-        rendered = render_chat(template, [{"role": "user", "content": _PROBE}], template_strings(metadata))
-        before, _, after = rendered.partition(_PROBE)
-        if metadata.get("bos_token") and before.startswith(metadata["bos_token"]):
-            before = before[len(metadata["bos_token"]) :]
-        prefix = before if prefix is None else prefix
-        suffix = after if suffix is None else suffix
-    return prefix or "", suffix or ""
+def _report(fmt: str, inputs: BundleInputs, tokenizer: Tokenizer) -> BundleReport:
+    stops = [i for i in inputs.metadata.stop_ids if 0 <= i < tokenizer.vocab_size]
+    prefix, suffix = prompt_affixes(inputs.metadata)
+    return BundleReport(
+        format=fmt,
+        start_id=inputs.start_id,
+        start_token=tokenizer.piece(inputs.start_id) if inputs.start_id is not None else None,
+        stop_ids=stops,
+        stop_tokens=[tokenizer.piece(i) for i in stops],
+        prompt_prefix=prefix,
+        prompt_suffix=suffix,
+    )
 
 
 # -- .litertlm ------------------------------------------------------------------------------
 
 
-def write_litertlm(inputs: BundleInputs, out: Path) -> dict:
+def write_litertlm(inputs: BundleInputs, out: Path) -> BundleReport:
     """A `.litertlm` LiteRT-LM runs: model, tokenizer, LLM metadata and the KV-cache layout."""
     from litert_lm_builder import litertlm_builder as lb
     from litert_lm_builder import litertlm_core
     from litert_lm_builder.runtime.proto import executor_metadata_pb2, llm_metadata_pb2, sampler_params_pb2
 
-    from edgellm_cli.deploy_check import model_type
-    from edgellm_cli.runtime import LiteRTModel
+    from edgellm_cli.inspect import tflite_signatures
 
+    report = _report("litertlm", inputs, load_tokenizer(inputs.tokenizer))
     meta = inputs.metadata
     llm = llm_metadata_pb2.LlmMetadata()
     if inputs.start_id is not None:
         llm.start_token.token_ids.ids.append(inputs.start_id)
-    for stop in meta.get("stop_ids", []):
+    for stop in report.stop_ids:
         llm.stop_tokens.add().token_ids.ids.append(stop)
-    prefix, suffix = prompt_affixes(meta)
-    llm.prompt_templates.user.prefix, llm.prompt_templates.user.suffix = prefix, suffix
-    if inputs.chat is not None:  # LiteRT-LM's conversation mode renders this (list-of-parts content)
+    llm.prompt_templates.user.prefix, llm.prompt_templates.user.suffix = report.prompt_prefix, report.prompt_suffix
+    if inputs.chat is not None:  # what LiteRT-LM's conversation mode renders (list-of-parts content)
         llm.jinja_prompt_template = inputs.chat.template
-    elif meta.get("chat_template"):
-        llm.jinja_prompt_template = meta["chat_template"]
     # Greedy. LiteRT-LM 0.18 runs only TOP_P samplers on CPU; k=1 makes it greedy.
     llm.sampler_params.type = sampler_params_pb2.SamplerParameters.TOP_P
     llm.sampler_params.k, llm.sampler_params.p, llm.sampler_params.temperature = 1, 1.0, 1.0
-    llm.max_num_tokens = meta["kv_cache_length"]
-    getattr(llm.llm_model_type, model_type(meta)).SetInParent()
+    caches = [name for name in tflite_signatures(inputs.model).get("decode", {}).get("inputs", []) if name.startswith("kv_cache_")]
+    if meta.kv_cache_length is None or not caches:
+        raise EdgeLLMError(f"{inputs.model}: no KV cache inputs on a decode signature; bundle a model that `edgellm build` wrote")
+    llm.max_num_tokens = meta.kv_cache_length
+    getattr(llm.llm_model_type, model_type(meta.name)).SetInParent()
 
     # Our caches are [1, T, heads, dim]: without the sequence axis the runtime would guess axis 2.
     executor = executor_metadata_pb2.ExecutorMetadata()
     layout = executor.llm_executor_metadata
-    for name in LiteRTModel(inputs.model).cache_names:
+    for name in caches:
         buffer = layout.state_buffers.add()
         buffer.prefill_input_name = buffer.prefill_output_name = buffer.decode_input_name = buffer.decode_output_name = name
         kind = "TYPE_GLOBAL_KEY_CACHE" if name.startswith("kv_cache_k_") else "TYPE_GLOBAL_VALUE_CACHE"
@@ -121,7 +121,7 @@ def write_litertlm(inputs: BundleInputs, out: Path) -> dict:
         builder.add_tflite_model(str(inputs.model), lb.TfLiteModelType.PREFILL_DECODE)
         with litertlm_core.open_file(str(out), "wb") as f:
             builder.build(f, validate_metadata=True)
-    return {"format": "litertlm", "start_id": inputs.start_id, "stop_ids": meta.get("stop_ids", []), "prompt_prefix": prefix, "prompt_suffix": suffix}
+    return report
 
 
 # -- MediaPipe .task ------------------------------------------------------------------------
@@ -132,6 +132,9 @@ def write_litertlm(inputs: BundleInputs, out: Path) -> dict:
 TASK_ENTRIES = ("TF_LITE_PREFILL_DECODE", "TOKENIZER_MODEL", "METADATA")
 _LLM_PARAMETERS = {5: "stop_tokens", 6: "start_token", 8: "prompt_template"}
 _PROMPT_TEMPLATE = {1: "session_prefix", 2: "prompt_prefix", 3: "prompt_suffix"}
+_ALIGNMENT_EXTRA = 0xD935  # Android zipalign's extra field: u16 alignment, then padding
+_LOCAL_HEADER = 30  # bytes of a zip local file header before its name
+_ZIP64_EXTRA = 20  # what zipfile adds to a local header for an entry over the zip64 limit
 
 
 def _varint(value: int) -> bytes:
@@ -191,28 +194,44 @@ def decode_message(data: bytes, names: dict[int, str]) -> dict:
     return {name: values if name == "stop_tokens" else values[-1] for name, values in fields.items()}
 
 
-def write_task(inputs: BundleInputs, out: Path) -> dict:
-    """A MediaPipe LLM Inference `.task` bundle."""
-    if inputs.tokenizer.suffix != ".model":
-        raise EdgeLLMError(f"a .task bundle needs a SentencePiece tokenizer.model; {inputs.tokenizer.name} is not one")
-    import sentencepiece
+def _aligned_extra(data_start_without_extra: int, alignment: int = 4) -> bytes:
+    """An extra field that moves the entry's data to the next multiple of `alignment`."""
+    padding = -(data_start_without_extra + 6) % alignment
+    return _ALIGNMENT_EXTRA.to_bytes(2, "little") + (2 + padding).to_bytes(2, "little") + alignment.to_bytes(2, "little") + b"\0" * padding
 
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(inputs.tokenizer))
-    start = sp.id_to_piece(inputs.start_id) if inputs.start_id is not None else None
-    stops = [sp.id_to_piece(i) for i in inputs.metadata.get("stop_ids", []) if i < sp.get_piece_size()]
-    if not stops:
+
+def write_task(inputs: BundleInputs, out: Path) -> BundleReport:
+    """A MediaPipe LLM Inference `.task` bundle; the model is streamed in, never held in memory."""
+    if inputs.tokenizer.suffix != ".model":
+        raise EdgeLLMError(f"a .task bundle needs a SentencePiece tokenizer.model; {inputs.tokenizer.name} is not one (see `edgellm tokenizer to-spm`)")
+    report = _report("task", inputs, load_tokenizer(inputs.tokenizer))
+    if not report.stop_tokens:
         raise EdgeLLMError("a .task bundle needs at least one stop token; set tokenizer.stop_ids or eos_ids in the spec")
-    prefix, suffix = prompt_affixes(inputs.metadata)
-    contents = [inputs.model.read_bytes(), inputs.tokenizer.read_bytes(), task_metadata(start, stops, prefix, suffix)]
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, data in zip(TASK_ENTRIES, contents):
-            # The runtime maps the model in place, so its data must start on a 4-byte boundary.
-            archive.fp.write(b"\0" * (-(archive.start_dir + 30 + len(name)) % 4))
-            archive.start_dir = archive.fp.tell()  # zipfile writes the next header here
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o600 << 16
-            archive.writestr(info, data)
-    return {"format": "task", "start_token": start, "stop_tokens": stops, "prompt_prefix": prefix, "prompt_suffix": suffix}
+    metadata = task_metadata(report.start_token, report.stop_tokens, report.prompt_prefix, report.prompt_suffix)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "METADATA").write_bytes(metadata)
+        sources = [inputs.model, inputs.tokenizer, Path(tmp) / "METADATA"]
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
+            offset = 0  # where the next entry's local header starts
+            for name, source in zip(TASK_ENTRIES, sources):
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr, info.file_size = 0o600 << 16, source.stat().st_size
+                zip64 = info.file_size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule for a zip64 local header
+                # The runtime maps the model in place, so its data must start on a 4-byte boundary.
+                header = _LOCAL_HEADER + len(name.encode()) + (_ZIP64_EXTRA if zip64 else 0)
+                info.extra = _aligned_extra(offset + header)
+                with source.open("rb") as src, archive.open(info, "w", force_zip64=zip64) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+                offset += header + len(info.extra) + info.file_size
+    return report
+
+
+def data_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    """Where an entry's data starts, read from its local header (its extra field may differ from the central directory's)."""
+    with path.open("rb") as f:
+        f.seek(info.header_offset + 26)
+        lengths = f.read(4)
+    return info.header_offset + _LOCAL_HEADER + int.from_bytes(lengths[:2], "little") + int.from_bytes(lengths[2:], "little")
 
 
 def read_task(path: Path) -> dict:
@@ -220,27 +239,49 @@ def read_task(path: Path) -> dict:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
-            entries = [{"name": i.filename, "size": i.file_size, "data_offset": i.header_offset + 30 + len(i.filename) + len(i.extra)} for i in infos]
             metadata = archive.read("METADATA") if "METADATA" in archive.namelist() else None
-    except zipfile.BadZipFile:
-        raise EdgeLLMError(f"{path}: not a zip file, so not a .task bundle") from None
+        entries = [{"name": i.filename, "size": i.file_size, "data_offset": data_offset(path, i)} for i in infos]
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise EdgeLLMError(f"{path}: not a readable zip file ({exc}), so not a .task bundle") from None
     if metadata is None:
         raise EdgeLLMError(f"{path}: a zip without a METADATA entry is not a MediaPipe LLM bundle")
     return {"entries": entries, "metadata": decode_message(metadata, _LLM_PARAMETERS)}
 
 
-def bundle(model: Path, fmt: str, out: Path, tokenizer: Path | None = None, chat_template: str | None = None) -> dict:
-    """Write the bundle to a temporary name and rename it, so a failure leaves no half file."""
-    from edgellm_cli.deploy_check import preflight
+# -- the registry ---------------------------------------------------------------------------
 
-    inputs = read_inputs(model, tokenizer)
-    if chat_template is not None:
-        inputs = replace(inputs, metadata={**inputs.metadata, "chat_template": chat_template})
-    inputs = replace(inputs, chat=preflight(inputs.metadata, inputs.tokenizer, fmt))  # raises before anything is written
-    staging = out.with_name(f".{out.name}.partial")
+
+@dataclass(frozen=True)
+class BundleFormat:
+    name: str  # what --bundle / --format take; also the file extension
+    runtime: str
+    write: Callable[[BundleInputs, Path], BundleReport]
+
+
+FORMATS: dict[str, BundleFormat] = {
+    f.name: f
+    for f in (
+        BundleFormat("litertlm", "LiteRT-LM", write_litertlm),
+        BundleFormat("task", "MediaPipe LLM Inference", write_task),
+    )
+}
+
+
+def bundle_format(name: str) -> BundleFormat:
+    if name not in FORMATS:
+        raise EdgeLLMError(f"unknown bundle format {name!r}; known: {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def write_bundle(inputs: BundleInputs, fmt: str, out: Path) -> BundleReport:
+    """Check that the bundle will work in its runtime (a one-line error if not, before anything is
+    written), then write it under a temporary name and rename it, so a failure leaves no half file."""
+    writer = bundle_format(fmt).write
+    inputs = replace(inputs, chat=preflight(inputs.metadata, load_tokenizer(inputs.tokenizer), fmt))
+    staging = temporary_sibling(out)
     try:
-        report = (write_litertlm if fmt == "litertlm" else write_task)(inputs, staging)
-        staging.replace(out)
+        report = writer(inputs, staging)
+        os.replace(staging, out)
     finally:
         staging.unlink(missing_ok=True)
-    return {**report, "output": str(out), "size_bytes": out.stat().st_size}
+    return report

@@ -1,13 +1,17 @@
 """Content-addressed artifact store: a stage's output lives at <root>/<stage>/<key>/.
 
-The key hashes everything the output depends on (inputs, parameters, edgellm version).
+The key hashes everything the output depends on: the stage's inputs, edgellm's own source code
+(so an edit to a layer re-converts instead of serving a stale model) and the versions of the
+libraries that shape the artifact.
 An artifact is built in a temporary folder and renamed into place only when complete,
 so an interrupted or failed stage never leaves a half artifact behind.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -24,10 +28,39 @@ def cache_root() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "edgellm"
 
 
-def artifact_key(stage: str, inputs: dict) -> str:
-    """Hash of the stage name, the edgellm version and the stage's inputs (any JSON-able data)."""
-    payload = json.dumps({"stage": stage, "version": __version__, "inputs": inputs}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+PACKAGE = Path(__file__).resolve().parent
+
+
+def package_digest(package: Path) -> str:
+    """A digest of every Python source file under `package`, with its path."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@functools.cache
+def code_digest() -> str:
+    """edgellm's own code: any edit moves every key."""
+    return package_digest(PACKAGE)
+
+
+def library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions of these distributions (None when absent)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def artifact_key(stage: str, inputs: dict, libraries: tuple[str, ...] = ()) -> str:
+    """Hash of the stage name, the stage's inputs (any JSON-able data), edgellm's code and the
+    versions of `libraries`."""
+    payload = {"stage": stage, "version": __version__, "code": code_digest(), "libraries": library_versions(libraries), "inputs": inputs}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def file_digest(path: Path) -> str:

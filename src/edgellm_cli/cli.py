@@ -1,4 +1,4 @@
-"""The `edgellm` command line: parses arguments, calls a stage, prints the result.
+"""The `edgellm` command line: parses arguments, calls the pipeline or the runtime, prints the result.
 
 Heavy modules (torch, litert_torch, transformers) are imported inside the commands, so
 `edgellm --help` stays instant.
@@ -6,6 +6,7 @@ Heavy modules (torch, litert_torch, transformers) are imported inside the comman
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from pathlib import Path
 import click
 
 from edgellm_cli import __version__
-from edgellm_cli.output import emit_json
+
+BUNDLE_FORMATS = ("litertlm", "task")  # bundle.FORMATS, named here so --help needs no import
 
 EXAMPLES = """
 \b
@@ -27,7 +29,12 @@ Examples:
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
+
+
+def emit_json(data) -> None:
+    """What every command prints for `--json`: one JSON document on stdout."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
 
 
 def _load_spec(path: str):
@@ -50,44 +57,53 @@ def pipeline_options(func):
     return func
 
 
-def _print_stage(console, result) -> None:
-    how = "[dim]cached[/]" if result.cached else "[green]ran[/]"
-    console.print(f"  {result.stage:<14} {how} {result.seconds:7.2f}s  {_summary(result)}")
+class _Progress:
+    """A spinner while a stage runs, then its line in the stage table (nothing with --json)."""
+
+    def __init__(self, label: str, quiet: bool, only: str | None = None):
+        """`only`: show this stage alone (a command on a model file shows its one stage)."""
+        self.label, self.quiet, self.only, self.results, self._status = label, quiet, only, [], None
+
+    def start(self, stage: str) -> None:
+        if not self.quiet and self.only in (None, stage):
+            self._status = _console().status(f"[bold]{stage}[/] {self.label}…", spinner="dots")
+            self._status.start()
+
+    def finish(self, result) -> None:
+        self.results.append(result)
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        if not self.quiet and self.only in (None, result.stage):
+            _print_stage(_console(), result)
 
 
-def _run_stages(stages, spec_path, checkpoint, token, offline, as_json, output: Path | None = None, recipe: str | None = None, bundle_formats=()) -> None:
+def _pipeline(progress: _Progress, **kwargs):
     from edgellm_cli.pipeline import Pipeline
 
+    return Pipeline(on_start=progress.start, on_finish=progress.finish, **kwargs)
+
+
+def _run_spec_stages(spec_path, stages: list[str] | None, as_json: bool, **kwargs) -> None:
+    """Run `stages` of a spec's build (None: the whole build), printing the stage table or JSON."""
     spec = _load_spec(spec_path)
-    pipeline = Pipeline(spec, checkpoint=checkpoint, token=token, offline=offline)
-    console = _console()
-    steps = [(stage, lambda stage=stage: pipeline.stage(stage)) for stage in stages]
-    if recipe is not None:
-        from edgellm_cli.quantize import load_recipe
-
-        loaded = load_recipe(recipe)
-        steps.append(("quantize", lambda: pipeline.quantize(loaded)))
-    results = []
-    for stage, step in steps:
-        with console.status(f"[bold]{stage}[/] {spec.name}…", spinner="dots"):
-            result = step()
-        results.append(result)
-        if not as_json:
-            _print_stage(console, result)
-    copied = pipeline.export_outputs(output) if output is not None else []
-    if bundle_formats:
-        from edgellm_cli.bundle import bundle as write_bundle
-
-        for fmt in bundle_formats:
-            copied.append(Path(write_bundle(output / "model.tflite", fmt, output / f"{spec.name}.{fmt}")["output"]))
+    progress = _Progress(spec.name, as_json)
+    pipeline = _pipeline(progress, spec=spec, **kwargs)
+    pipeline.run(stages or pipeline.build_stages())
+    outputs = progress.results[-1].report.get("outputs", []) if progress.results and progress.results[-1].stage == "export" else []
     if as_json:
-        emit_json({"spec": spec.name, "stages": [r.as_json() for r in results], "outputs": [str(p) for p in copied]})
+        emit_json({"spec": spec.name, "stages": [r.as_json() for r in progress.results], "outputs": outputs})
         return
-    for result in results:
+    for result in progress.results:
         if "comparisons" in result.report:
             _print_comparisons(result.report["comparisons"])
-    for path in copied:
+    for path in outputs:
         click.echo(path)
+
+
+def _print_stage(console, result) -> None:
+    how = "[dim]cached[/]" if result.cached else "[green]ran[/]"
+    console.print(f"  {result.stage:<16} {how} {result.seconds:7.2f}s  {_summary(result)}")
 
 
 def _summary(result) -> str:
@@ -100,6 +116,12 @@ def _summary(result) -> str:
     if result.stage == "quantize":
         fallback = f", {len(report['block_fallbacks'])} weights per channel (not divisible into blocks)" if report["block_fallbacks"] else ""
         return f"{report['recipe']}: {report['size_before'] / 1e6:.2f} MB -> {report['size_after'] / 1e6:.2f} MB ({report['ratio']:.1%}){fallback}"
+    if result.stage.startswith("bundle-"):
+        return f"{report['size_bytes'] / 1e6:.2f} MB, start {report['start_token']!r}, stop {report['stop_tokens']}"
+    if result.stage == "export":
+        return f"{len(report['outputs'])} files in {result.path}"
+    if result.stage == "model-file":
+        return f"{result.file} ({report['size_bytes'] / 1e6:.2f} MB)"
     worst = max(report["comparisons"].values(), key=lambda m: m["max_abs_logit_diff"])
     return f"max |Δlogit| {worst['max_abs_logit_diff']:.2e}, top-1 {worst['top1_agreement']:.1%}"
 
@@ -129,20 +151,21 @@ def cli() -> None:
 @pipeline_options
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Write model.tflite, tokenizer and edgellm.json here (default: build/<spec name>).")
 @click.option("--recipe", help="Then quantize with this recipe (a name from `edgellm recipes list`, or a YAML file).")
-@click.option("--bundle", "bundle_formats", multiple=True, type=click.Choice(["litertlm", "task"]), help="Then bundle the output for this runtime (repeatable).")
+@click.option("--bundle", "bundle_formats", multiple=True, type=click.Choice(BUNDLE_FORMATS), help="Then bundle the output for this runtime (repeatable).")
 def build(spec_path, checkpoint, token, offline, as_json, output, recipe, bundle_formats) -> None:
     """Run fetch -> verify -> convert -> verify-tflite (-> quantize -> bundle), skipping stages already cached."""
-    from edgellm_cli.pipeline import STAGES
+    from edgellm_cli.quantize import load_recipe
 
     output = output or Path("build") / _load_spec(spec_path).name
-    _run_stages(STAGES, spec_path, checkpoint, token, offline, as_json, output, recipe, bundle_formats)
+    loaded = load_recipe(recipe) if recipe is not None else None
+    _run_spec_stages(spec_path, None, as_json, checkpoint=checkpoint, token=token, offline=offline, recipe=loaded, formats=bundle_formats, output=output)
 
 
 @cli.command(epilog="\b\nExample:\n  HF_HUB_OFFLINE=1 edgellm fetch --spec model_specs/MODEL.yaml")
 @pipeline_options
 def fetch(spec_path, checkpoint, token, offline, as_json) -> None:
     """Locate or download the checkpoint and check its tensors against the spec."""
-    _run_stages(["fetch"], spec_path, checkpoint, token, offline, as_json)
+    _run_spec_stages(spec_path, ["fetch"], as_json, checkpoint=checkpoint, token=token, offline=offline)
 
 
 @cli.command(epilog="\b\nExample:\n  edgellm verify --spec model_specs/stories260k.yaml --tflite --json")
@@ -151,7 +174,7 @@ def fetch(spec_path, checkpoint, token, offline, as_json) -> None:
 def verify(spec_path, checkpoint, token, offline, as_json, with_tflite) -> None:
     """Compare the re-authored model's logits with transformers (and the .tflite's with --tflite)."""
     stages = ["verify", "verify-tflite"] if with_tflite else ["verify"]
-    _run_stages(stages, spec_path, checkpoint, token, offline, as_json)
+    _run_spec_stages(spec_path, stages, as_json, checkpoint=checkpoint, token=token, offline=offline)
 
 
 @cli.command(epilog="\b\nExample:\n  edgellm convert --spec model_specs/stories260k.yaml -o out/")
@@ -160,7 +183,7 @@ def verify(spec_path, checkpoint, token, offline, as_json, with_tflite) -> None:
 def convert(spec_path, checkpoint, token, offline, as_json, output) -> None:
     """Convert to one .tflite with prefill_N and decode signatures (no verification)."""
     output = output or Path("build") / _load_spec(spec_path).name
-    _run_stages(["convert"], spec_path, checkpoint, token, offline, as_json, output)
+    _run_spec_stages(spec_path, ["convert", "export"], as_json, checkpoint=checkpoint, token=token, offline=offline, output=output)
 
 
 def sampling_options(func):
@@ -184,40 +207,10 @@ def sampling_options(func):
     return func
 
 
-class _Generation:
-    """What `run` and `chat` share: the model, its tokenizer and metadata, sampler and stops."""
+def _generator(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling):
+    from edgellm_cli.runtime import Generator, Sampler
 
-    def __init__(self, model: Path, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling):
-        from edgellm_cli.runtime import LiteRTModel, Sampler, read_metadata
-        from edgellm_cli.tokenizer import load_tokenizer
-
-        self.litert = LiteRTModel(model, num_threads=threads, max_prefill=max_prefill)
-        self.metadata = read_metadata(model)
-        if tokenizer is None:
-            if "tokenizer" not in self.metadata:
-                raise click.UsageError("no edgellm.json beside the model names its tokenizer; pass --tokenizer")
-            tokenizer = model.parent / self.metadata["tokenizer"]
-        self.tokenizer = load_tokenizer(tokenizer)
-        self.sampler = Sampler(**sampling)
-        self.stop_ids = list(stop_ids) or self.metadata.get("stop_ids", [])
-        self.stop_strings = list(stop_strings) or self.metadata.get("stop_strings", [])
-
-    def stream(self, session, max_tokens: int, echo: bool) -> tuple[str, list[int]]:
-        """Generate from `session`, printing text as it becomes final when `echo`; returns text and ids."""
-        from edgellm_cli.tokenizer import TextStream
-
-        stream, generated = TextStream(self.tokenizer, self.stop_strings, context=session.history), []
-        for token in session.generate(max_tokens, self.sampler, self.stop_ids):
-            generated.append(token)
-            piece = stream.push(token)
-            if echo and piece:
-                click.echo(piece, nl=False)
-            if stream.stopped:
-                break
-        tail = stream.flush()
-        if echo and tail:
-            click.echo(tail, nl=False)
-        return stream.emitted, generated
+    return Generator(model, tokenizer, Sampler(**sampling), stop_ids, stop_strings, threads, max_prefill)
 
 
 @cli.command(epilog="\b\nExamples:\n  edgellm run build/stories260k/model.tflite --max-tokens 200\n  edgellm run model.tflite --prompt 'Once' --temperature 0.8 --top-p 0.9 --seed 1 --json")
@@ -229,22 +222,25 @@ def run(model, prompt, max_tokens, tokenizer, threads, max_prefill, stop_ids, st
     """Generate text from MODEL (.tflite) on the LiteRT runtime, streaming it as it comes."""
     import time
 
-    from edgellm_cli.runtime import Session, start_id
+    from edgellm_cli.runtime import Session
 
-    gen = _Generation(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling)
-    start = start_id(gen.metadata)
-    prompt_ids = ([start] if start is not None else []) + gen.tokenizer.encode(prompt)
+    gen = _generator(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling)
+    prompt_ids = gen.prompt_ids(prompt)
     started = time.perf_counter()
-    session = Session(gen.litert)
+    session, generated, pieces = Session(gen.litert), [], []
     if prompt_ids:
         session.feed(prompt_ids)
-    text, generated = gen.stream(session, max_tokens, echo=not as_json)
+    for piece in gen.stream(session, max_tokens, generated):
+        pieces.append(piece)
+        if not as_json:
+            click.echo(piece, nl=False)
     seconds = time.perf_counter() - started
+    rate = round(len(generated) / seconds, 2)
     if as_json:
-        emit_json({"text": text, "tokens": generated, "prompt_tokens": len(prompt_ids), "seconds": round(seconds, 4), "tokens_per_second": round(len(generated) / seconds, 2)})
+        emit_json({"text": "".join(pieces), "tokens": generated, "prompt_tokens": len(prompt_ids), "seconds": round(seconds, 4), "tokens_per_second": rate})
     else:
         click.echo()
-        _console().print(f"[dim]{len(generated)} tokens in {seconds:.2f}s ({len(generated) / seconds:.1f} tokens/s)[/]")
+        _console().print(f"[dim]{len(generated)} tokens in {seconds:.2f}s ({rate:.1f} tokens/s)[/]")
 
 
 @cli.command(epilog="\b\nExample:\n  edgellm chat build/qwen2.5-0.5b/model.tflite --system 'Be brief.'\n  printf 'Hi\\nAnd then?\\n' | edgellm chat model.tflite --chat-template t.jinja")
@@ -258,20 +254,10 @@ def chat(model, system, template_file, max_tokens, tokenizer, threads, max_prefi
     The chat template renders the whole conversation each turn; only the tokens that differ from
     what the KV cache already holds are computed.
     """
-    from edgellm_cli.runtime import Session, template_strings
-    from edgellm_cli.tokenizer import encode_with_specials, render_chat
+    from edgellm_cli.runtime import Chat
 
-    gen = _Generation(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling)
-    meta = gen.metadata
-    template = template_file.read_text(encoding="utf-8") if template_file else meta.get("chat_template")
-    if not template:
-        raise click.UsageError("the model has no chat template; pass --chat-template FILE (or use `edgellm run`)")
-    strings = template_strings(meta)
-    specials = {}
-    if meta.get("bos_token") and meta.get("bos_id") is not None:
-        specials[meta["bos_token"]] = meta["bos_id"]
-    opening = [{"role": "system", "content": system}] if system else []
-    messages, session = list(opening), Session(gen.litert)
+    template = _read_text(template_file, "chat template") if template_file else None
+    conversation = Chat(_generator(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling), max_tokens, system, template)
     interactive = sys.stdin.isatty()
     while True:
         if interactive:
@@ -280,15 +266,21 @@ def chat(model, system, template_file, max_tokens, tokenizer, threads, max_prefi
         if not line or line.strip() == "/exit":
             break
         if line.strip() == "/reset":
-            messages, session = list(opening), Session(gen.litert)
+            conversation.reset()
             continue
-        messages.append({"role": "user", "content": line.rstrip("\n")})
-        session.feed(encode_with_specials(gen.tokenizer, render_chat(template, messages, strings), specials))
-        reused = len(session.history) - session.computed
-        reply, _ = gen.stream(session, max_tokens, echo=True)
+        for piece in conversation.turn(line.rstrip("\n")):
+            click.echo(piece, nl=False)
         click.echo()
-        _console().print(f"[dim]({session.computed} prompt tokens computed, {reused} reused from the cache)[/]")
-        messages.append({"role": "assistant", "content": reply})
+        _console().print(f"[dim]({conversation.session.computed} prompt tokens computed, {conversation.reused} reused from the cache)[/]")
+
+
+def _read_text(path: Path, what: str) -> str:
+    from edgellm_cli.errors import EdgeLLMError
+
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgeLLMError(f"{what} {path} is unreadable ({exc}); pass a UTF-8 text file") from None
 
 
 @cli.command(epilog="\b\nExample:\n  edgellm bench build/stories260k/model.tflite --threads 2 --json")
@@ -302,13 +294,12 @@ def chat(model, system, template_file, max_tokens, tokenizer, threads, max_prefi
 def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_json) -> None:
     """Time to first token, prefill tokens/s per signature, decode tokens/s (pipeline and raw invoke), peak memory."""
     from edgellm_cli.benchmark import benchmark
-    from edgellm_cli.runtime import read_metadata
+    from edgellm_cli.metadata import model_metadata, read_metadata
     from edgellm_cli.tokenizer import load_tokenizer
 
-    metadata = read_metadata(model)
-    if tokenizer is None and "tokenizer" in metadata:
-        tokenizer = model.parent / metadata["tokenizer"]
-    report = benchmark(model, load_tokenizer(tokenizer) if tokenizer else None, threads, prompt_tokens, decode_tokens, repeats)
+    if tokenizer is not None or read_metadata(model) is not None:
+        tokenizer = load_tokenizer(model_metadata(model, tokenizer)[1])
+    report = benchmark(model, tokenizer, threads, prompt_tokens, decode_tokens, repeats)
     if as_json:
         emit_json(report)
         return
@@ -333,54 +324,56 @@ def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_j
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def quantize(model, recipe, output, as_json) -> None:
     """Quantize a .tflite with a recipe; every signature and I/O name is kept."""
-    import shutil
-
-    from edgellm_cli.cache import ArtifactCache
-    from edgellm_cli.pipeline import MODEL_FILE, quantize_file
+    from edgellm_cli.files import publish
     from edgellm_cli.quantize import load_recipe
 
     loaded = load_recipe(recipe)
-    with _console().status(f"[bold]quantize[/] {model.name} with {loaded.name}…", spinner="dots"):
-        result = quantize_file(ArtifactCache(), model, loaded)
-    output = output or model.with_name(f"{model.stem}-{loaded.name}.tflite")
-    shutil.copyfile(result.path / MODEL_FILE, output)
+    result = _pipeline(_Progress(model.name, as_json, "quantize"), model=model, recipe=loaded).result("quantize")
+    output = publish(result.file, output or model.with_name(f"{model.stem}-{loaded.name}.tflite"))
     if as_json:
         emit_json({**result.as_json(), "output": str(output)})
         return
-    _print_stage(_console(), result)
     click.echo(output)
 
 
 @cli.command(epilog="\b\nExamples:\n  edgellm bundle build/stories260k/model.tflite --format litertlm\n  edgellm bundle build/stories260k/model.tflite --format task -o stories.task")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["litertlm", "task"]), required=True, help="LiteRT-LM .litertlm or MediaPipe .task.")
+@click.option("--format", "fmt", type=click.Choice(BUNDLE_FORMATS), required=True, help="LiteRT-LM .litertlm or MediaPipe .task.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Default: MODEL with the format's extension.")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="Default: the one named by edgellm.json beside MODEL.")
-@click.option("--chat-template", "template_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Jinja chat template file (default: the checkpoint's).")
+@click.option("--chat-template", "template_file", type=click.Path(dir_okay=False, path_type=Path), help="Jinja chat template file (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bundle(model, fmt, output, tokenizer, template_file, as_json) -> None:
-    """Package MODEL with its tokenizer, start/stop tokens and prompt template for a runtime."""
-    from edgellm_cli.bundle import bundle as write_bundle
+    """Package MODEL with its tokenizer, start/stop tokens and prompt template for a runtime.
 
-    template = template_file.read_text(encoding="utf-8") if template_file else None
-    report = write_bundle(model, fmt, output or model.with_suffix(f".{fmt}"), tokenizer, chat_template=template)
+    Before writing, a pre-flight checks that the bundle will work there: the start and stop tokens
+    exist, and the chat template renders in LiteRT-LM to the prompt `edgellm chat` would feed.
+    """
+    from edgellm_cli.files import publish
+
+    stage, template = f"bundle-{fmt}", _read_text(template_file, "chat template") if template_file else None
+    pipeline = _pipeline(_Progress(model.name, as_json, stage), model=model, tokenizer=tokenizer, formats=(fmt,), chat_template=template)
+    result = pipeline.result(stage)
+    output = publish(result.file, output or model.with_suffix(f".{fmt}"))
     if as_json:
-        emit_json(report)
+        emit_json({**result.as_json(), "output": str(output)})
         return
-    _console().print(f"  bundle         [green]wrote[/] {report['size_bytes'] / 1e6:.2f} MB  start {report.get('start_id', report.get('start_token'))}, "
-                     f"stop {report.get('stop_ids', report.get('stop_tokens'))}")
-    click.echo(report["output"])
+    click.echo(output)
 
 
-@cli.command(epilog="\b\nExamples:\n  edgellm check build/smollm2-135m/smollm2-135m.litertlm\n  edgellm check other-tool.task --json")
+@cli.command("check", epilog="\b\nExamples:\n  edgellm check build/smollm2-135m/smollm2-135m.litertlm\n  edgellm check other-tool.task --json")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--no-generate", is_flag=True, help="Skip the short greedy generation through LiteRT-LM's engine.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-def check(path, no_generate, as_json) -> None:
-    """Check a .litertlm or .task bundle (any tool's) the way its runtime will use it; exit 2 when a check fails."""
-    from edgellm_cli.deploy_check import check_bundle
+def check_bundle(path, no_generate, as_json) -> None:
+    """Check a .litertlm or .task bundle (any tool's) the way its runtime will use it: a deploy gate.
 
-    report = check_bundle(path, generate=not no_generate)
+    Signatures, KV length, start/stop tokens, the chat template as LiteRT-LM renders it, the
+    tokenizer, and a short greedy reply through LiteRT-LM's engine. Exit 2 when a check fails.
+    """
+    from edgellm_cli.deploy_check import check_bundle as run_checks
+
+    report = run_checks(path, generate=not no_generate)
     if as_json:
         emit_json(report)
     else:
@@ -418,17 +411,12 @@ def inspect(path, as_json) -> None:
 def evaluate_models(models, corpus, tokenizer, max_tokens, window, as_json) -> None:
     """Perplexity of each model over a corpus; against the first (float) model, top-1 agreement and mean KL."""
     from edgellm_cli.evaluate import evaluate
-    from edgellm_cli.runtime import read_metadata, start_id
+    from edgellm_cli.metadata import model_metadata
     from edgellm_cli.tokenizer import load_tokenizer
 
-    metadata = read_metadata(models[0])
-    if tokenizer is None:
-        if "tokenizer" not in metadata:
-            raise click.UsageError("no edgellm.json beside the first model names its tokenizer; pass --tokenizer")
-        tokenizer = models[0].parent / metadata["tokenizer"]
-    bos = start_id(metadata)
+    metadata, tokenizer = model_metadata(models[0], tokenizer)
     with _console().status("[bold]eval[/]…", spinner="dots"):
-        report = evaluate(list(models), load_tokenizer(tokenizer), corpus, bos, max_tokens, window)
+        report = evaluate(list(models), load_tokenizer(tokenizer), corpus, metadata.start_id, max_tokens, window)
     if as_json:
         emit_json(report)
         return
@@ -475,9 +463,14 @@ def spec() -> None:
 @spec.command("check", epilog="\b\nExample:\n  edgellm spec check model_specs/*.yaml")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def spec_check(paths) -> None:
-    """Validate YAML specs without reading any checkpoint."""
+    """Validate YAML specs without reading any checkpoint: every field's type and bounds,
+    architecture overrides, cross-field rules. Family files (`_hf-*.yaml`) are checked as fragments."""
+    from edgellm_cli.spec import is_family_file, load_spec
+
     for path in paths:
-        click.echo(f"ok  {path}  ({_load_spec(path).name})")
+        family = is_family_file(path)
+        spec = load_spec(path, family=family)
+        click.echo(f"ok  {path}  ({'family file' if family else spec.name})")
 
 
 @spec.command("init", epilog="\b\nExample:\n  edgellm spec init --from ./my-checkpoint -o model_specs/my-model.yaml")
@@ -512,9 +505,87 @@ def cache_clear() -> None:
     click.echo(f"freed {ArtifactCache().clear() / 1e6:.1f} MB")
 
 
-from edgellm_cli.spm_cli import tokenizer  # noqa: E402  (a click group; it imports nothing heavy)
+def _print_check(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
 
-cli.add_command(tokenizer)
+    table = Table(title=f"{report['candidate']} against {report['reference']}")
+    table.add_column("check")
+    table.add_column("result", justify="right")
+    if "pairs" in report:
+        p = report["pairs"]
+        table.add_row(f"random id pairs (n={p['pairs']}, seed {p['seed']}): strict mismatch", f"{p['strict_mismatches']} ({100 * p['strict_rate']:.2f} %)")
+        table.add_row("random id pairs: loose mismatch", f"{p['loose_mismatches']} ({100 * p['loose_rate']:.2f} %)")
+    if "vectors" in report:
+        v = report["vectors"]
+        table.add_row(f"llama.cpp vectors {Path(v['file']).name}", f"{v['passed']}/{v['total']} (reference {v['reference_passed']}/{v['total']})")
+    if "corpus" in report:
+        c = report["corpus"]
+        table.add_row(f"corpus {Path(c['file']).name}: exact lines", f"{c['exact']}/{c['lines']} ({100 * c['exact_rate']:.2f} %)")
+    Console().print(table)
+
+
+@cli.group()
+def tokenizer() -> None:
+    """Convert tokenizers to SentencePiece and measure how faithful the result is."""
+
+
+@tokenizer.command(
+    "to-spm",
+    epilog="""\b
+Examples:
+  edgellm tokenizer to-spm ../shared/assets/tokenizers/tinyllama-chat/tokenizer.json -o tokenizer.model
+  edgellm tokenizer to-spm ./qwen2-folder -o tokenizer.model --json   # vocab.json + merges.txt
+  edgellm tokenizer to-spm tokenizer.json -o tokenizer.model --pairs 0   # skip the fidelity check
+""",
+)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the SentencePiece tokenizer.model.")
+@click.option("--pairs", default=1000, show_default=True, help="Random token-id pairs to check the result with (0: no check).")
+@click.option("--seed", default=0, show_default=True, help="Seed for the random pairs.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report on stdout.")
+def to_spm(source: Path, output: Path, pairs: int, seed: int, as_json: bool) -> None:
+    """Write SOURCE (tokenizer.json, a folder, or vocab.json + merges.txt) as a SentencePiece model."""
+    from edgellm_cli.spm import to_sentencepiece
+
+    report = to_sentencepiece(source, output, pairs=pairs, seed=seed)
+    if as_json:
+        emit_json(report)
+        return
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(report["pieces"].items()))
+    click.echo(f"wrote {report['output']} ({report['kind']}: {counts})")
+    for note in report["notes"]:
+        click.echo(f"  {note}")
+    if "check" in report:
+        _print_check(report["check"])
+
+
+@tokenizer.command(
+    epilog="""\b
+Examples:
+  edgellm tokenizer check --reference ../shared/assets/tokenizers/gpt2 --candidate tokenizer.model
+  edgellm tokenizer check --reference tokenizer.json --candidate tokenizer.model \\
+      --vectors ../shared/assets/tokenizer-vectors/ggml-vocab-gpt-2.gguf.inp \\
+      --corpus ../shared/assets/corpora/wikitext2-test/wikitext-2-raw-test.txt --json
+""",
+)
+@click.option("--reference", required=True, type=click.Path(path_type=Path), help="The original tokenizer: tokenizer.json, its folder, or vocab.json + merges.txt.")
+@click.option("--candidate", required=True, type=click.Path(path_type=Path), help="The SentencePiece tokenizer.model to measure.")
+@click.option("--pairs", default=1000, show_default=True, help="Random token-id pairs (litert-torch's strict/loose measure; 0: skip).")
+@click.option("--seed", default=0, show_default=True, help="Seed for the random pairs.")
+@click.option("--vectors", type=click.Path(path_type=Path), help="llama.cpp test vectors: X.gguf.inp (X.gguf.out beside it).")
+@click.option("--corpus", type=click.Path(path_type=Path), help="A UTF-8 text file; each non-empty line must encode to the same ids.")
+@click.option("--corpus-lines", type=int, help="Use only the first N non-empty corpus lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report on stdout.")
+def check(reference: Path, candidate: Path, pairs: int, seed: int, vectors: Path | None, corpus: Path | None, corpus_lines: int | None, as_json: bool) -> None:
+    """Measure a SentencePiece model against the tokenizer it was converted from."""
+    from edgellm_cli.tokenizer_check import check as run_check
+
+    report = run_check(reference, candidate, pairs=pairs, seed=seed, vectors=vectors, corpus=corpus, corpus_lines=corpus_lines)
+    if as_json:
+        emit_json(report)
+    else:
+        _print_check(report)
 
 
 def main() -> None:

@@ -18,9 +18,11 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgellm_cli.chat_template import encode_with_specials, render_chat
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.litert_template import PROBE_CONVERSATIONS, adapt_for_litert_lm, as_parts, render_litert_lm, turn_tail
-from edgellm_cli.tokenizer import Tokenizer, encode_with_specials, render_chat
+from edgellm_cli.metadata import PromptSettings
+from edgellm_cli.tokenizer import Tokenizer, load_tokenizer
 
 # LiteRT-LM LlmModelType (llm_model_type.proto) by checkpoint family. Qwen 2.5 and Qwen 3 have their
 # own data processors (tool-call syntax in replies); other families run as generic models, whose
@@ -29,9 +31,9 @@ from edgellm_cli.tokenizer import Tokenizer, encode_with_specials, render_chat
 MODEL_TYPES = {"qwen2": "qwen2p5", "qwen3": "qwen3"}
 
 
-def model_type(metadata: dict) -> str:
-    """The LlmModelType field for a build: from `config.json`'s architectures when recorded, else the spec name."""
-    name = ((metadata.get("architectures") or [""])[0] or metadata.get("name", "")).lower().replace(".", "").replace("-", "")
+def model_type(name: str | None) -> str:
+    """The LlmModelType field for a build, from the spec's name."""
+    name = (name or "").lower().replace(".", "").replace("-", "")
     return next((kind for family, kind in MODEL_TYPES.items() if name.startswith(family)), "generic_model")
 
 
@@ -45,21 +47,15 @@ class Check:
         return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 
-def _vocab_size(tokenizer: Tokenizer) -> int:
-    return tokenizer._sp.GetPieceSize() if tokenizer._sp is not None else tokenizer._hf.get_vocab_size(with_added_tokens=True)
-
-
 def _piece(tokenizer: Tokenizer, token_id: int) -> str | None:
-    if token_id >= _vocab_size(tokenizer):
-        return None
-    return tokenizer._sp.IdToPiece(token_id) if tokenizer._sp is not None else tokenizer._hf.id_to_token(token_id)
+    return tokenizer.piece(token_id) if 0 <= token_id < tokenizer.vocab_size else None
 
 
 def token_check(tokenizer: Tokenizer, start_id: int | None, stop_ids: list[int]) -> Check:
     """The start and stop tokens are ids the tokenizer has, and there is a stop token."""
     missing = [i for i in ([start_id] if start_id is not None else []) + list(stop_ids) if _piece(tokenizer, i) is None]
     if missing:
-        return Check("tokens", False, f"token ids {missing} are not in the tokenizer ({_vocab_size(tokenizer)} tokens); "
+        return Check("tokens", False, f"token ids {missing} are not in the tokenizer ({tokenizer.vocab_size} tokens); "
                                       "fix tokenizer.bos_id / stop_ids in the spec")
     if not stop_ids:
         return Check("tokens", False, "no stop token: generation would run to the token limit; set tokenizer.stop_ids in the spec")
@@ -76,13 +72,11 @@ class ChatPlan:
     problems: list[str] = field(default_factory=list)
 
 
-def plan_chat(metadata: dict, tokenizer: Tokenizer) -> ChatPlan:
+def plan_chat(metadata: PromptSettings, tokenizer: Tokenizer) -> ChatPlan:
     """Adapt the chat template for LiteRT-LM and check that every probe conversation, as LiteRT-LM
     sends it, becomes the token ids `edgellm chat` feeds for it (whole and turn by turn)."""
-    template = metadata["chat_template"]
-    strings = {"bos_token": metadata.get("bos_token") or "", "eos_token": metadata.get("eos_token") or ""}
-    specials = {strings["bos_token"]: metadata["bos_id"]} if strings["bos_token"] and metadata.get("bos_id") is not None else {}
-    stop_texts = [p for i in metadata.get("stop_ids", []) if (p := _piece(tokenizer, i))]
+    template, strings, specials = metadata.chat_template, metadata.template_strings, metadata.specials
+    stop_texts = [p for i in metadata.stop_ids if (p := _piece(tokenizer, i))]
     try:
         adapted = adapt_for_litert_lm(template, turn_tail(template, stop_texts))
     except EdgeLLMError:
@@ -90,7 +84,7 @@ def plan_chat(metadata: dict, tokenizer: Tokenizer) -> ChatPlan:
     # `edgellm chat` gets BOS from the template's bos_token text; LiteRT-LM renders that empty and
     # adds the start token instead, so the bundle has one exactly when the chat prompt starts with it.
     probe = PROBE_CONVERSATIONS["one user message"]
-    bos = metadata.get("bos_id")
+    bos = metadata.bos_id
     try:
         ours = encode_with_specials(tokenizer, render_chat(template, probe, strings), specials)
         theirs = tokenizer.encode(render_litert_lm(adapted, as_parts(probe)))
@@ -132,12 +126,11 @@ def turn_problems(template: str) -> list[str]:
     return problems
 
 
-def preflight(metadata: dict, tokenizer_path: Path, fmt: str) -> ChatPlan | None:
+def preflight(metadata: PromptSettings, tokenizer: Tokenizer, fmt: str) -> ChatPlan | None:
     """Raise a one-line EdgeLLMError naming what would break in the runtime; the chat plan for a `.litertlm`."""
-    tokenizer = Tokenizer(tokenizer_path)
-    plan = plan_chat(metadata, tokenizer) if metadata.get("chat_template") and fmt == "litertlm" else None
-    start = plan.start_id if plan else (metadata.get("bos_id") if metadata.get("add_bos", True) else None)
-    tokens = token_check(tokenizer, start, metadata.get("stop_ids", []))
+    plan = plan_chat(metadata, tokenizer) if metadata.chat_template and fmt == "litertlm" else None
+    start = plan.start_id if plan else metadata.start_id
+    tokens = token_check(tokenizer, start, metadata.stop_ids)
     if not tokens.ok:
         raise EdgeLLMError(f"bundle pre-flight: {tokens.detail}")
     if plan and plan.problems:
@@ -239,8 +232,8 @@ def check_litertlm(path: Path, generate: bool = True) -> dict:
         with tempfile.NamedTemporaryFile(suffix=suffix) as f:
             f.write(data)
             f.flush()
-            tokenizer = Tokenizer(Path(f.name))
-        checks.append(Check("tokenizer", True, f"{kind}, {_vocab_size(tokenizer)} tokens"))
+            tokenizer = load_tokenizer(Path(f.name))
+        checks.append(Check("tokenizer", True, f"{kind}, {tokenizer.vocab_size} tokens"))
     else:
         checks.append(Check("tokenizer", False, "no tokenizer section"))
     if llm is None:

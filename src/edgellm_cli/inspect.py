@@ -7,6 +7,7 @@ import re
 import zipfile
 from collections import Counter
 from pathlib import Path
+from struct import error as struct_error
 
 from edgellm_cli.errors import EdgeLLMError
 
@@ -27,6 +28,28 @@ def _dtype_name(dtype) -> str:
     import numpy as np
 
     return np.dtype(dtype).name
+
+
+def tflite_signatures(path: Path) -> dict[str, dict[str, list[str]]]:
+    """Signature names with their input and output names, read from the flatbuffer in Python
+    (no runtime is started, and the file is mapped rather than read)."""
+    import mmap
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    try:
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            flat = schema.Model.GetRootAs(data, 0)
+            signatures = {}
+            for i in range(flat.SignatureDefsLength()):
+                sig = flat.SignatureDefs(i)
+                signatures[sig.SignatureKey().decode()] = {
+                    "inputs": [sig.Inputs(j).Name().decode() for j in range(sig.InputsLength())],
+                    "outputs": [sig.Outputs(j).Name().decode() for j in range(sig.OutputsLength())],
+                }
+            return signatures
+    except (OSError, ValueError, IndexError, UnicodeDecodeError, struct_error) as exc:
+        raise EdgeLLMError(f"{path}: not a readable .tflite ({type(exc).__name__}); pass a model that `edgellm build` or another converter wrote") from None
 
 
 def inspect_tflite(path: Path) -> dict:
@@ -79,7 +102,7 @@ def inspect_litertlm(path: Path) -> dict:
     text = io.StringIO()
     try:
         litertlm_peek.peek_litertlm_file(str(path), None, text)
-    except Exception as exc:  # the reader raises whatever its flatbuffer parser hits
+    except Exception as exc:  # noqa: BLE001 - the reader raises whatever its flatbuffer parser hits
         raise EdgeLLMError(f"{path}: unreadable .litertlm ({type(exc).__name__}: {exc})") from None
     return {"format": "litertlm", "size_bytes": path.stat().st_size, "contents": [line for line in text.getvalue().splitlines() if line.strip()]}
 

@@ -75,14 +75,15 @@ def _open_tensor_file(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise EdgeLLMError(f"{path}: weight file is missing; re-download the checkpoint") from None
-    except Exception as exc:  # torch raises many types for a bad pickle or zip
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad pickle or zip
         raise EdgeLLMError(f"{path}: unreadable PyTorch weights ({type(exc).__name__}: {exc}); re-download it") from None
 
 
 def _read_file_inventory(path: Path) -> dict[str, TensorInfo]:
     handle = _open_tensor_file(path)
     if hasattr(handle, "get_slice"):
-        return {name: TensorInfo(tuple(handle.get_slice(name).get_shape()), path.name) for name in handle.keys()}
+        names = handle.keys()  # a safetensors handle is not iterable itself
+        return {name: TensorInfo(tuple(handle.get_slice(name).get_shape()), path.name) for name in names}
     return {name: TensorInfo(tuple(t.shape), path.name) for name, t in handle.items()}
 
 
@@ -183,7 +184,7 @@ def plan_weights(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) ->
     unexpected = [n for n in checkpoint.tensors if n not in used and not any(p.fullmatch(n) for p in ignored)]
     if unexpected:
         raise EdgeLLMError(
-            f"checkpoint {checkpoint.folder.name}: tensor {sorted(unexpected)[0]} is not used by the spec "
+            f"checkpoint {checkpoint.folder.name}: tensor {min(unexpected)} is not used by the spec "
             f"({len(unexpected)} unused in all); map it in `weights` or list it in `ignore_tensors`"
         )
     return {name: load for name, load in plan.items() if name not in tied}

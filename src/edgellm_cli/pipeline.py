@@ -1,226 +1,333 @@
-"""The build pipeline: fetch -> verify -> convert -> verify-tflite, each stage a cached artifact.
+"""The build pipeline: one table of stages, each a plain function from its inputs to an artifact,
+and one runner that runs each at most once per build and serves it from the cache when it can.
 
-Each stage's key hashes exactly what its output depends on, so a repeated build serves every
-stage from the cache, and a change (new weights, another prefill length) re-runs only the
-stages downstream of it.
+    fetch ─┬─ verify ──────────┬─ verify-tflite
+           └─ convert ─────────┘
+              convert | model-file ─ quantize ─ bundle-<format> ─ export
+
+A stage declares the stages it needs (run first) and what its key hashes (`inputs`, plus edgellm's
+code and the versions of the libraries that shape its output: see cache.artifact_key). A key hashes
+exactly what the artifact depends on, so a repeated build serves every stage from the cache, and a
+change (new weights, another prefill length) re-runs only the stages downstream of it. The convert
+key, for instance, hashes the architecture, weight mapping, checkpoint digests and export settings,
+not the whole spec: two specs that differ only in verify limits or tokenizer settings share it.
+
+Adding a stage is one entry in `STAGES` (and its produce function); adding a bundle format is one
+entry in bundle.FORMATS, which the table picks up.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from edgellm_cli import __version__
 from edgellm_cli.cache import ArtifactCache, artifact_key, file_digest
 from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.fetch import locate_checkpoint
-from edgellm_cli.runtime import METADATA_FILE
+from edgellm_cli.files import publish, read_json, write_json
+from edgellm_cli.metadata import ModelMetadata, model_metadata
 from edgellm_cli.spec import Architecture, ModelSpec, resolve_architecture
 
-STAGES = ("fetch", "verify", "convert", "verify-tflite")
 MODEL_FILE = "model.tflite"
 REPORT_FILE = "report.json"
+VERIFY_STAGES = ("fetch", "verify", "convert", "verify-tflite")
 
 
 @dataclass
 class StageResult:
     stage: str
     key: str
-    path: Path
+    path: Path  # the artifact folder; for a stage that is not cached, the folder it read or wrote
     cached: bool
-    seconds: float
+    seconds: float  # this run's time: a cached stage reports its lookup, not the original run
     report: dict = field(default_factory=dict)
 
+    @property
+    def file(self) -> Path:
+        """The artifact's main file (a model or a bundle)."""
+        return self.path / self.report["file"]
+
     def as_json(self) -> dict:
-        return {"stage": self.stage, "key": self.key, "path": str(self.path), "cached": self.cached, "seconds": round(self.seconds, 3), **self.report}
+        return {**self.report, "stage": self.stage, "key": self.key, "path": str(self.path), "cached": self.cached, "seconds": round(self.seconds, 3)}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+@dataclass(frozen=True)
+class Stage:
+    needs: Callable[[Pipeline], list[str]]  # stages that run first
+    inputs: Callable[[Pipeline], dict]  # what the key hashes (JSON-able)
+    produce: Callable[[Pipeline, Path], dict]  # fills the artifact folder; returns the report
+    libraries: tuple[str, ...] = ()  # distributions whose versions shape the artifact
+    cached: bool = True  # False: produce writes outside the cache and returns "path" in its report
 
 
 class Pipeline:
+    """One build: a spec (and checkpoint) or an existing model file, and what to make of it."""
+
     def __init__(
         self,
-        spec: ModelSpec,
+        spec: ModelSpec | None = None,
+        *,
+        model: Path | None = None,
+        tokenizer: Path | None = None,
         checkpoint: Path | None = None,
         token: str | None = None,
         offline: bool | None = None,
+        recipe=None,
+        formats: tuple[str, ...] = (),
+        chat_template: str | None = None,
+        output: Path | None = None,
         cache: ArtifactCache | None = None,
+        on_start: Callable[[str], None] = lambda stage: None,
+        on_finish: Callable[[StageResult], None] = lambda result: None,
     ):
-        self.spec, self.checkpoint, self.token, self.offline = spec, checkpoint, token, offline
+        if (spec is None) == (model is None):
+            raise ValueError("a pipeline starts from a spec or from a model file")
+        if model is not None and not model.is_file():
+            raise EdgeLLMError(f"model {model} does not exist; pass the path of a .tflite file")
+        self.spec, self.model, self.tokenizer = spec, model, tokenizer
+        self.checkpoint, self.token, self.offline = checkpoint, token, offline
+        self.recipe, self.formats, self.output = recipe, tuple(formats), output
+        self.chat_template = chat_template  # replaces the model's own in bundles
         self.cache = cache or ArtifactCache()
+        self.on_start, self.on_finish = on_start, on_finish
         self._results: dict[str, StageResult] = {}
+        self._folder: Path | None = None
 
-    def _stage(self, stage: str, inputs: dict, produce: Callable[[Path], dict]) -> StageResult:
-        self._results[stage] = run_stage(self.cache, stage, inputs, produce)
-        return self._results[stage]
+    # -- the runner -------------------------------------------------------------------------
+    def result(self, name: str) -> StageResult:
+        """Stage `name`'s result: memoised in this build, served from the cache, or produced."""
+        if name not in self._results:
+            stage = STAGES[name]
+            for need in stage.needs(self):
+                self.result(need)
+            self.on_start(name)
+            started = time.perf_counter()
+            key = self.key(name)
+            if stage.cached:
+                cached = self.cache.lookup(name, key) is not None
+                if not cached:
+                    with self.cache.writing(name, key) as folder:
+                        write_json(folder / REPORT_FILE, stage.produce(self, folder))
+                path = self.cache.path(name, key)
+                report = read_json(path / REPORT_FILE, "stage report")
+            else:
+                cached, report = False, stage.produce(self, Path())
+                path = Path(report.pop("path"))
+            self._results[name] = StageResult(name, key, path, cached, time.perf_counter() - started, report)
+            self.on_finish(self._results[name])
+        return self._results[name]
 
-    # -- fetch ------------------------------------------------------------------------------
-    def fetch(self) -> StageResult:
-        folder = locate_checkpoint(self.spec, self.checkpoint, token=self.token, offline=self.offline)
-        files = sorted(p for p in folder.iterdir() if p.is_file())
-        fingerprint = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    def key(self, name: str) -> str:
+        """Stage `name`'s cache key (its needs run, it does not)."""
+        stage = STAGES[name]
+        for need in stage.needs(self):
+            self.result(need)
+        return artifact_key(name, stage.inputs(self), stage.libraries)
 
-        def produce(_: Path) -> dict:
-            from edgellm_cli.loader import Checkpoint, plan_weights
-            from edgellm_cli.tokenizer import resolve_prompt_settings
+    def run(self, names: list[str]) -> list[StageResult]:
+        return [self.result(name) for name in names]
 
-            arch = resolve_architecture(self.spec, folder)
-            checkpoint = Checkpoint.open(folder)
-            plan_weights(self.spec, arch, checkpoint)  # every name and shape checked before any later stage
-            tokenizer = folder / self.spec.tokenizer.file
-            if not tokenizer.is_file():
-                raise EdgeLLMError(f"checkpoint {folder.name}: tokenizer file {self.spec.tokenizer.file} is missing; fix tokenizer.file in the spec")
-            prompt = resolve_prompt_settings(self.spec, folder)
-            return {
-                "checkpoint_dir": str(folder),
-                "file_digests": {p.name: file_digest(p) for p in files},
-                "architecture": arch.model_dump(mode="json"),
-                "prompt": dataclasses.asdict(prompt),
-            }
+    def build_stages(self) -> list[str]:
+        """What `edgellm build` runs: every verification, then quantize, bundles and export as asked."""
+        quantize = ["quantize"] if self.recipe is not None else []
+        return [*VERIFY_STAGES, *quantize, *(f"bundle-{fmt}" for fmt in self.formats), *(["export"] if self.output else [])]
 
-        return self._stage("fetch", {"spec": self.spec.model_dump(mode="json"), "folder": str(folder), "files": fingerprint}, produce)
+    # -- what stages share ------------------------------------------------------------------
+    @property
+    def model_stage(self) -> str:
+        """The stage that gives the float model: convert, or the file the user named."""
+        return "convert" if self.spec is not None else "model-file"
 
-    def _fetched(self) -> StageResult:
-        return self._results.get("fetch") or self.fetch()
+    @property
+    def final_stage(self) -> str:
+        """The stage that gives the model that ships (quantized if a recipe was asked for)."""
+        return "quantize" if self.recipe is not None else self.model_stage
 
-    def _model_identity(self) -> dict:
+    def checkpoint_folder(self) -> Path:
+        if self._folder is None:
+            from edgellm_cli.fetch import locate_checkpoint
+
+            self._folder = locate_checkpoint(self.spec, self.checkpoint, token=self.token, offline=self.offline)
+        return self._folder
+
+    def model_identity(self) -> dict:
         """What the re-authored model's numbers depend on: two specs that agree here share artifacts."""
-        fetched = self._fetched().report
+        fetched = self.result("fetch").report
         return {
             "architecture": fetched["architecture"],
             "weights": self.spec.model_dump(mode="json", include={"weights", "ignore_tensors"}),
             "checkpoint": fetched["file_digests"],
         }
 
-    def _load_decoder(self):
+    def load_decoder(self):
         from edgellm_cli.loader import Checkpoint, load_model
 
-        fetched = self._fetched().report
-        folder = Path(fetched["checkpoint_dir"])
+        fetched = self.result("fetch").report
         arch = Architecture.model_validate(fetched["architecture"])
-        return load_model(self.spec, arch, Checkpoint.open(folder))
+        return load_model(self.spec, arch, Checkpoint.open(Path(fetched["checkpoint_dir"])))
 
-    # -- verify -----------------------------------------------------------------------------
-    def verify(self) -> StageResult:
-        from edgellm_cli import verify
-
-        def produce(folder: Path) -> dict:
-            fetched = self._fetched().report
-            arch = fetched["architecture"]
-            tokens = verify.verification_tokens(arch["vocab_size"], self.spec.verify.num_tokens, fetched["prompt"]["bos_id"])
-            reference = verify.reference_logits(Path(fetched["checkpoint_dir"]), tokens)
-            ours = verify.reauthored_logits(self._load_decoder(), tokens)
-            np.save(folder / "reference_logits.npy", reference)
-            np.save(folder / "reauthored_logits.npy", ours)
-            report = {"tokens": tokens, "comparisons": {"reauthored_vs_transformers": verify.compare(ours, reference)}}
-            verify.check(report, self.spec.verify)
-            return report
-
-        inputs = {**self._model_identity(), "verify": self.spec.verify.model_dump(), "bos_id": self._fetched().report["prompt"]["bos_id"]}
-        return self._stage("verify", inputs, produce)
-
-    # -- convert ----------------------------------------------------------------------------
-    def convert(self) -> StageResult:
-        def produce(folder: Path) -> dict:
-            from edgellm_cli.convert import convert_to_tflite  # torch and litert_torch: only when not cached
-
-            export = self.spec.export
-            convert_to_tflite(self._load_decoder(), export.prefill_lengths, export.kv_cache_length, folder / MODEL_FILE)
-            return {
-                "size_bytes": (folder / MODEL_FILE).stat().st_size,
-                "prefill_lengths": sorted(export.prefill_lengths),
-                "kv_cache_length": export.kv_cache_length,
-            }
-
-        return self._stage("convert", {**self._model_identity(), "export": self.spec.export.model_dump()}, produce)
-
-    # -- verify-tflite ----------------------------------------------------------------------
-    def verify_tflite(self) -> StageResult:
-        from edgellm_cli import verify
-
-        verified, converted = self._results.get("verify") or self.verify(), self._results.get("convert") or self.convert()
-
-        def produce(_: Path) -> dict:
-            tokens = verified.report["tokens"]
-            logits = verify.tflite_logits(converted.path / MODEL_FILE, tokens)
-            report = {
-                "tokens": tokens,
-                "comparisons": {
-                    "tflite_vs_transformers": verify.compare(logits, np.load(verified.path / "reference_logits.npy")),
-                    "tflite_vs_reauthored": verify.compare(logits, np.load(verified.path / "reauthored_logits.npy")),
-                },
-            }
-            verify.check(report, self.spec.verify)
-            return report
-
-        inputs = {"verify": verified.key, "convert": converted.key, "limits": self.spec.verify.model_dump()}
-        return self._stage("verify-tflite", inputs, produce)
-
-    # -- quantize ---------------------------------------------------------------------------
-    def quantize(self, recipe) -> StageResult:
-        """The converted model quantized by `recipe` (a quantize.Recipe)."""
-        from edgellm_cli.quantize import quantize_tflite
-
-        converted = self._results.get("convert") or self.convert()
-        model = converted.path / MODEL_FILE
-        inputs = {"model": converted.key, "recipe": recipe.model_dump()}
-        return self._stage("quantize", inputs, lambda folder: quantize_tflite(model, recipe, folder / MODEL_FILE))
-
-    def stage(self, name: str) -> StageResult:
-        return {"fetch": self.fetch, "verify": self.verify, "convert": self.convert, "verify-tflite": self.verify_tflite}[name]()
-
-    def export_outputs(self, out_dir: Path) -> list[Path]:
-        """Write the model (quantized if this build quantized it), its tokenizer and `edgellm.json`
-        (what `run` needs) into `out_dir`."""
-        converted, fetched = self._results.get("convert") or self.convert(), self._fetched().report
-        final = self._results.get("quantize") or converted
+    def metadata_and_tokenizer(self) -> tuple[ModelMetadata, Path]:
+        """The `edgellm.json` of the model that ships, and its tokenizer file."""
+        if self.spec is None:
+            metadata, tokenizer = model_metadata(self.model, self.tokenizer)
+            return metadata.model_copy(update={"chat_template": self.chat_template or metadata.chat_template}), tokenizer
+        fetched, converted = self.result("fetch").report, self.result("convert").report
         tokenizer = Path(fetched["checkpoint_dir"]) / self.spec.tokenizer.file
-        metadata = {
-            "name": self.spec.name,
-            "edgellm_version": __version__,
-            "tokenizer": tokenizer.name,
+        metadata = ModelMetadata(
+            name=self.spec.name,
+            edgellm_version=__version__,
+            tokenizer=tokenizer.name,
             **fetched["prompt"],
-            "prefill_lengths": converted.report["prefill_lengths"],
-            "kv_cache_length": converted.report["kv_cache_length"],
-            "recipe": final.report.get("recipe"),
-        }
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(final.path / MODEL_FILE, out_dir / MODEL_FILE)
-        shutil.copyfile(tokenizer, out_dir / tokenizer.name)
-        _write_json(out_dir / METADATA_FILE, metadata)
-        return [out_dir / MODEL_FILE, out_dir / tokenizer.name, out_dir / METADATA_FILE]
+            prefill_lengths=converted["prefill_lengths"],
+            kv_cache_length=converted["kv_cache_length"],
+            recipe=self.recipe.name if self.recipe is not None else None,
+        )
+        return metadata, tokenizer
 
 
-def run_stage(cache: ArtifactCache, stage: str, inputs: dict, produce: Callable[[Path], dict]) -> StageResult:
-    """Serve `stage` from the cache, or run `produce(folder)` into a fresh artifact folder."""
-    started = time.perf_counter()
-    key = artifact_key(stage, inputs)
-    cached = cache.lookup(stage, key)
-    if cached is None:
-        with cache.writing(stage, key) as folder:
-            _write_json(folder / REPORT_FILE, produce(folder))
-    path = cache.path(stage, key)
-    return StageResult(stage, key, path, cached is not None, time.perf_counter() - started, _read_json(path / REPORT_FILE))
+# -- the stages -------------------------------------------------------------------------------
 
 
-def quantize_file(cache: ArtifactCache, model: Path, recipe) -> StageResult:
-    """Cached quantization of any `.tflite`, keyed by its content and the recipe."""
+def _fetch_inputs(p: Pipeline) -> dict:
+    folder = p.checkpoint_folder()
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    return {"spec": p.spec.model_dump(mode="json"), "folder": str(folder), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+
+
+def _fetch(p: Pipeline, _: Path) -> dict:
+    """Every tensor name and shape and the tokenizer checked before any later stage."""
+    from edgellm_cli.loader import Checkpoint, plan_weights
+    from edgellm_cli.metadata import resolve_prompt_settings
+
+    folder = p.checkpoint_folder()
+    arch = resolve_architecture(p.spec, folder)
+    plan_weights(p.spec, arch, Checkpoint.open(folder))
+    if not (folder / p.spec.tokenizer.file).is_file():
+        raise EdgeLLMError(f"checkpoint {folder.name}: tokenizer file {p.spec.tokenizer.file} is missing; fix tokenizer.file in the spec")
+    return {
+        "checkpoint_dir": str(folder),
+        "file_digests": {f.name: file_digest(f) for f in sorted(folder.iterdir()) if f.is_file()},
+        "architecture": arch.model_dump(mode="json"),
+        "prompt": resolve_prompt_settings(p.spec, folder).model_dump(mode="json"),
+    }
+
+
+def _verify_inputs(p: Pipeline) -> dict:
+    return {**p.model_identity(), "verify": p.spec.verify.model_dump(), "bos_id": p.result("fetch").report["prompt"]["bos_id"]}
+
+
+def _verify(p: Pipeline, folder: Path) -> dict:
+    """The re-authored model's logits against transformers'; the reference is freed before ours loads."""
+    import numpy as np
+
+    from edgellm_cli import verify
+
+    fetched = p.result("fetch").report
+    tokens = verify.verification_tokens(fetched["architecture"]["vocab_size"], p.spec.verify.num_tokens, fetched["prompt"]["bos_id"])
+    reference = verify.reference_logits(Path(fetched["checkpoint_dir"]), tokens)
+    ours = verify.reauthored_logits(p.load_decoder(), tokens)
+    np.save(folder / "reference_logits.npy", reference)
+    np.save(folder / "reauthored_logits.npy", ours)
+    report = {"tokens": tokens, "comparisons": {"reauthored_vs_transformers": verify.compare(ours, reference)}}
+    verify.check(report, p.spec.verify)
+    return report
+
+
+def _convert(p: Pipeline, folder: Path) -> dict:
+    from edgellm_cli.convert import convert_to_tflite  # torch and litert_torch: only when not cached
+
+    export = p.spec.export
+    convert_to_tflite(p.load_decoder(), export.prefill_lengths, export.kv_cache_length, folder / MODEL_FILE)
+    return {
+        "file": MODEL_FILE,
+        "size_bytes": (folder / MODEL_FILE).stat().st_size,
+        "prefill_lengths": sorted(export.prefill_lengths),
+        "kv_cache_length": export.kv_cache_length,
+    }
+
+
+def _verify_tflite_inputs(p: Pipeline) -> dict:
+    return {"verify": p.result("verify").key, "convert": p.result("convert").key, "limits": p.spec.verify.model_dump()}
+
+
+def _verify_tflite(p: Pipeline, _: Path) -> dict:
+    import numpy as np
+
+    from edgellm_cli import verify
+
+    verified, converted = p.result("verify"), p.result("convert")
+    tokens = verified.report["tokens"]
+    logits = verify.tflite_logits(converted.file, tokens)
+    report = {
+        "tokens": tokens,
+        "comparisons": {
+            "tflite_vs_transformers": verify.compare(logits, np.load(verified.path / "reference_logits.npy")),
+            "tflite_vs_reauthored": verify.compare(logits, np.load(verified.path / "reauthored_logits.npy")),
+        },
+    }
+    verify.check(report, p.spec.verify)
+    return report
+
+
+def _model_file(p: Pipeline, _: Path) -> dict:
+    return {"path": str(p.model.parent), "file": p.model.name, "size_bytes": p.model.stat().st_size}
+
+
+def _quantize(p: Pipeline, folder: Path) -> dict:
     from edgellm_cli.quantize import quantize_tflite
 
-    if not model.is_file():
-        raise EdgeLLMError(f"model {model} does not exist; pass the path of a .tflite file")
-    inputs = {"model": file_digest(model), "recipe": recipe.model_dump()}
-    return run_stage(cache, "quantize", inputs, lambda folder: quantize_tflite(model, recipe, folder / MODEL_FILE))
+    return {"file": MODEL_FILE, **quantize_tflite(p.result(p.model_stage).file, p.recipe, folder / MODEL_FILE)}
+
+
+def _bundle_inputs(fmt: str) -> Callable[[Pipeline], dict]:
+    def inputs(p: Pipeline) -> dict:
+        metadata, tokenizer = p.metadata_and_tokenizer()
+        return {"model": p.result(p.final_stage).key, "format": fmt, "metadata": metadata.model_dump(mode="json"), "tokenizer": file_digest(tokenizer)}
+
+    return inputs
+
+
+def _bundle(fmt: str) -> Callable[[Pipeline, Path], dict]:
+    def produce(p: Pipeline, folder: Path) -> dict:
+        from edgellm_cli.bundle import BundleInputs, write_bundle
+
+        metadata, tokenizer = p.metadata_and_tokenizer()
+        out = folder / f"model.{fmt}"
+        report = write_bundle(BundleInputs(p.result(p.final_stage).file, tokenizer, metadata), fmt, out)
+        return {"file": out.name, "size_bytes": out.stat().st_size, **report.model_dump()}
+
+    return produce
+
+
+def _export(p: Pipeline, _: Path) -> dict:
+    """The build's outputs in the user's folder: model, tokenizer, edgellm.json and bundles."""
+    metadata, tokenizer = p.metadata_and_tokenizer()
+    out = p.output
+    outputs = [publish(p.result(p.final_stage).file, out / MODEL_FILE), publish(tokenizer, out / tokenizer.name)]
+    outputs.append(metadata.write(out))
+    outputs += [publish(p.result(f"bundle-{fmt}").file, out / f"{p.spec.name}.{fmt}") for fmt in p.formats]
+    return {"path": str(out), "outputs": [str(o) for o in outputs]}
+
+
+def _bundle_stages() -> dict[str, Stage]:
+    from edgellm_cli.bundle import FORMATS  # light: the writers import their libraries when they run
+
+    return {
+        f"bundle-{fmt}": Stage(lambda p: [p.final_stage], _bundle_inputs(fmt), _bundle(fmt), ("litert-lm-builder", "sentencepiece", "tokenizers"))
+        for fmt in FORMATS
+    }
+
+
+STAGES: dict[str, Stage] = {
+    "fetch": Stage(lambda p: [], _fetch_inputs, _fetch, ("transformers",)),
+    "verify": Stage(lambda p: ["fetch"], _verify_inputs, _verify, ("torch", "transformers")),
+    "convert": Stage(lambda p: ["fetch"], lambda p: {**p.model_identity(), "export": p.spec.export.model_dump()}, _convert, ("torch", "litert-torch")),
+    "verify-tflite": Stage(lambda p: ["verify", "convert"], _verify_tflite_inputs, _verify_tflite, ("ai-edge-litert",)),
+    "model-file": Stage(lambda p: [], lambda p: {"digest": file_digest(p.model)}, _model_file, cached=False),
+    "quantize": Stage(lambda p: [p.model_stage], lambda p: {"model": p.result(p.model_stage).key, "recipe": p.recipe.model_dump()}, _quantize,
+                      ("ai-edge-quantizer", "ai-edge-litert")),
+    **_bundle_stages(),
+    "export": Stage(lambda p: [p.final_stage, *(f"bundle-{fmt}" for fmt in p.formats)], lambda p: {"output": str(p.output)}, _export, cached=False),
+}

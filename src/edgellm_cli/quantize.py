@@ -9,7 +9,6 @@ several match, as in ai-edge-quantizer itself.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -176,13 +175,12 @@ def plan_recipe(recipe: Recipe, ops: list[OpInfo]) -> tuple[list[dict], list[str
 
 
 def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path) -> dict:
-    """Write `out_path`, the model quantized by `recipe`; returns sizes and time."""
+    """Write `out_path`, the model quantized by `recipe`; returns its sizes and the block fallbacks."""
     from ai_edge_quantizer import quantizer
 
     from edgellm_cli.quiet import native_output_to
 
     entries, fallbacks = plan_recipe(recipe, model_ops(model_path))
-    started = time.perf_counter()
     try:
         with native_output_to(out_path.with_suffix(".log")):
             qt = quantizer.Quantizer(str(model_path))
@@ -199,6 +197,5 @@ def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path) -> dict:
         "size_before": before,
         "size_after": after,
         "ratio": round(after / before, 4),
-        "seconds": round(time.perf_counter() - started, 2),
         "block_fallbacks": fallbacks,
     }

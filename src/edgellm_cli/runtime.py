@@ -1,4 +1,5 @@
-"""Text generation from a `.tflite` on the LiteRT runtime: prefill, decode loop, sampler.
+"""Text generation from a `.tflite` on the LiteRT runtime: prefill, decode loop, sampler, and the
+`Generator` and `Chat` that `run` and `chat` drive.
 
 The KV cache never leaves the runtime: each cache tensor is one LiteRT buffer bound as both
 the input and the output of every signature. Tokens, positions, logits and the decode signature's
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgellm_cli.chat_template import encode_with_specials, render_chat
 from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.metadata import model_metadata
 from edgellm_cli.quiet import native_output_to
-
-METADATA_FILE = "edgellm.json"
+from edgellm_cli.tokenizer import TextStream, load_tokenizer
 
 
 @dataclass
@@ -332,22 +333,70 @@ def generate(model: LiteRTModel, prompt_ids: list[int], max_new_tokens: int, sam
     yield from session.generate(max_new_tokens, sampler, stop_ids)
 
 
-def start_id(metadata: dict) -> int | None:
-    """The token a prompt starts with: BOS, unless the model's input does not start with it."""
-    return metadata.get("bos_id") if metadata.get("add_bos", True) else None
+class Generator:
+    """A model ready to generate text: the runtime, its tokenizer and prompt settings, a sampler
+    and the stop conditions (the model's own unless given)."""
+
+    def __init__(
+        self,
+        model: Path,
+        tokenizer: Path | None = None,
+        sampler: Sampler = Sampler(),
+        stop_ids: list[int] = (),
+        stop_strings: list[str] = (),
+        threads: int | None = None,
+        max_prefill: int | None = None,
+    ):
+        self.metadata, tokenizer = model_metadata(model, tokenizer)
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.litert = LiteRTModel(model, num_threads=threads, max_prefill=max_prefill)
+        self.sampler = sampler
+        self.stop_ids = list(stop_ids) or self.metadata.stop_ids
+        self.stop_strings = list(stop_strings) or self.metadata.stop_strings
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The prompt's ids, after the start token when the model uses one."""
+        start = self.metadata.start_id
+        return ([start] if start is not None else []) + self.tokenizer.encode(prompt)
+
+    def stream(self, session: Session, max_tokens: int, tokens: list[int] | None = None) -> Iterator[str]:
+        """Text generated after the session's history, as it becomes final; each id also goes to `tokens`."""
+        stream = TextStream(self.tokenizer, self.stop_strings, context=session.history)
+        for token in session.generate(max_tokens, self.sampler, self.stop_ids):
+            if tokens is not None:
+                tokens.append(token)
+            if piece := stream.push(token):
+                yield piece
+            if stream.stopped:
+                break
+        if tail := stream.flush():
+            yield tail
 
 
-def template_strings(metadata: dict) -> dict[str, str]:
-    """The special tokens as text, the variables chat templates expect."""
-    return {"bos_token": metadata.get("bos_token") or "", "eos_token": metadata.get("eos_token") or ""}
+class Chat:
+    """A conversation: each turn renders the whole transcript with the chat template and computes
+    only the tokens the KV cache does not already hold."""
 
+    def __init__(self, generator: Generator, max_tokens: int, system: str | None = None, template: str | None = None):
+        self.generator, self.max_tokens = generator, max_tokens
+        self.template = template or generator.metadata.chat_template
+        if not self.template:
+            raise EdgeLLMError("the model has no chat template; pass --chat-template FILE (or use `edgellm run`)")
+        self.opening = [{"role": "system", "content": system}] if system else []
+        self.reset()
 
-def read_metadata(model_path: Path) -> dict:
-    """The `edgellm.json` written beside a model by edgellm, or {} for other tools' models."""
-    path = model_path.parent / METADATA_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EdgeLLMError(f"{path}: not valid JSON ({exc}); re-run edgellm build or delete it") from None
+    def reset(self) -> None:
+        self.messages, self.session, self.reused = list(self.opening), Session(self.generator.litert), 0
+
+    def turn(self, text: str) -> Iterator[str]:
+        """The model's reply to `text`, as it streams."""
+        metadata, tokenizer = self.generator.metadata, self.generator.tokenizer
+        self.messages.append({"role": "user", "content": text})
+        prompt = render_chat(self.template, self.messages, metadata.template_strings)
+        self.session.feed(encode_with_specials(tokenizer, prompt, metadata.specials))
+        self.reused = len(self.session.history) - self.session.computed  # prompt tokens served from the KV cache
+        reply = []
+        for piece in self.generator.stream(self.session, self.max_tokens):
+            reply.append(piece)
+            yield piece
+        self.messages.append({"role": "assistant", "content": "".join(reply)})

@@ -8,12 +8,11 @@ the file and the field, long before any weights are read.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from edgellm_cli.errors import EdgeLLMError
 
@@ -121,15 +120,9 @@ class Architecture(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Architecture:
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
-        if self.layer_types is not None:
-            if len(self.layer_types) != self.num_layers:
-                raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
-            if "sliding_attention" in self.layer_types and self.sliding_window is None:
-                raise ValueError("layer_types has sliding_attention layers but sliding_window is not set")
-        if self.parallel_residual and (self.post_attention_norm or self.post_mlp_norm):
-            raise ValueError("parallel_residual cannot be combined with post_attention_norm or post_mlp_norm")
+        problem = architecture_problem(self.model_dump())
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
@@ -138,6 +131,36 @@ class Architecture(_Strict):
 
     def layer_type(self, layer: int) -> LayerType:
         return "full_attention" if self.layer_types is None else self.layer_types[layer]
+
+
+def architecture_problem(values: dict) -> str | None:
+    """The first cross-field rule `values` break; a rule whose fields are not all given is skipped,
+    so a spec's overrides are checked before config.json fills in the rest."""
+    heads, kv_heads, layers = values.get("num_heads"), values.get("num_kv_heads"), values.get("num_layers")
+    layer_types = values.get("layer_types")
+    if heads and kv_heads and heads % kv_heads:
+        return f"num_heads ({heads}) must be a multiple of num_kv_heads ({kv_heads})"
+    if layer_types is not None and layers is not None and len(layer_types) != layers:
+        return f"layer_types has {len(layer_types)} entries for {layers} layers"
+    if layer_types and "sliding_attention" in layer_types and "sliding_window" in values and values["sliding_window"] is None:
+        return "layer_types has sliding_attention layers but sliding_window is not set"
+    if values.get("parallel_residual") and (values.get("post_attention_norm") or values.get("post_mlp_norm")):
+        return "parallel_residual cannot be combined with post_attention_norm or post_mlp_norm"
+    return None
+
+
+def _override_problem(overrides: dict) -> str | None:
+    """Each override checked against its field's type and bounds, then the cross-field rules."""
+    for name, value in overrides.items():
+        field = Architecture.model_fields[name]
+        try:
+            TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation).validate_python(value)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+            return f"{name}{where}: {error['msg'].removeprefix('Value error, ').lower()} (got {value!r}); fix the value"
+    problem = architecture_problem(overrides)
+    return f"{problem}; fix the overrides" if problem else None
 
 
 class ArchitectureSection(_Strict):
@@ -154,10 +177,11 @@ class ArchitectureSection(_Strict):
         unknown = sorted(set(data) - set(Architecture.model_fields) - {"from_config"})
         if unknown:
             raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(Architecture.model_fields)})")
-        return {
-            "from_config": data.get("from_config", True),
-            "overrides": {k: v for k, v in data.items() if k != "from_config"},
-        }
+        overrides = {k: v for k, v in data.items() if k != "from_config"}
+        problem = _override_problem(overrides)
+        if problem:
+            raise ValueError(problem)
+        return {"from_config": data.get("from_config", True), "overrides": overrides}
 
 
 class TokenizerSection(_Strict):
@@ -172,6 +196,14 @@ class TokenizerSection(_Strict):
     chat_template: str | None = None  # Jinja, as in tokenizer_config.json; default: the checkpoint's
     prompt_prefix: str | None = None  # text before a user message in bundles; default: from the chat template
     prompt_suffix: str | None = None  # text after it, up to the model's reply; default: likewise
+
+    @field_validator("file")
+    @classmethod
+    def _inside_checkpoint(cls, value: str) -> str:
+        path = Path(value)
+        if path.is_absolute() or ".." in path.parts or not value.strip():
+            raise ValueError(f"{value!r} must be a file name inside the checkpoint folder (no absolute path, no ..); fix tokenizer.file")
+        return value
 
 
 class ExportSection(_Strict):
@@ -222,6 +254,12 @@ class ModelSpec(_Strict):
     verify: VerifySection = VerifySection()
     # Folder of the spec file, for resolving relative paths; not part of the YAML.
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _verify_fits(self) -> ModelSpec:
+        if self.verify.num_tokens > self.export.kv_cache_length:
+            raise ValueError(f"verify.num_tokens ({self.verify.num_tokens}) exceeds export.kv_cache_length ({self.export.kv_cache_length}); lower it")
+        return self
 
     def local_source(self) -> Path | None:
         return None if self.source.path is None else (self.base_dir / self.source.path).resolve()
@@ -289,14 +327,24 @@ def _describe(error: dict) -> str:
     return f"{field}: {message}" if field else message
 
 
-def load_spec(path: str | Path) -> ModelSpec:
-    """Read and validate a YAML model spec; every problem is one line naming the file and the field."""
+def load_spec(path: str | Path, family: bool = False) -> ModelSpec:
+    """Read and validate a YAML model spec; every problem is one line naming the file and the field.
+
+    `family`: the file is a family file (`_hf-llama.yaml`), a fragment that specs extend; what it
+    does not state (name, source) is filled with placeholders so the rest is still checked.
+    """
     path = find_spec(path)
     data = _read_yaml(path)
+    if family:
+        data = {"name": path.stem, "source": {"path": "."}, "weights": {}, **data}
     try:
         return ModelSpec.model_validate({**data, "base_dir": path.parent})
     except ValidationError as exc:
         raise EdgeLLMError(f"spec {path.name}: {_describe(exc.errors()[0])}") from None
+
+
+def is_family_file(path: str | Path) -> bool:
+    return Path(path).name.startswith("_")
 
 
 # ---------------------------------------------------------------------------
@@ -386,15 +434,6 @@ def read_hf_config(path: Path) -> dict:
         return AutoConfig.from_pretrained(path).to_dict()
     except (OSError, ValueError, KeyError) as exc:
         raise EdgeLLMError(f"{path}: transformers cannot read this config ({str(exc).splitlines()[0]}); check config.json") from None
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EdgeLLMError(f"{path}: file is missing from the checkpoint folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgeLLMError(f"{path}: not valid JSON ({exc}); re-download the checkpoint") from None
 
 
 def resolve_architecture(spec: ModelSpec, checkpoint_dir: Path) -> Architecture:

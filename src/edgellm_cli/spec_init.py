@@ -6,12 +6,12 @@ maps to the family spec file that knows its tensor names and the knobs config.js
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.files import read_json
 from edgellm_cli.spec import architecture_from_hf_config, load_spec, read_hf_config
 
 FAMILY_SPECS = {
@@ -38,7 +38,7 @@ def _adds_bos(folder: Path, tokenizer_file: str) -> bool:
     """tokenizer_config.json's add_bos_token when it says; else SentencePiece models add BOS, BPE ones do not."""
     config = folder / "tokenizer_config.json"
     if config.is_file():
-        value = json.loads(config.read_text()).get("add_bos_token")
+        value = read_json(config, "tokenizer_config.json").get("add_bos_token")
         if isinstance(value, bool):
             return value
     return tokenizer_file == "tokenizer.model"

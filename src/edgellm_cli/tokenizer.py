@@ -1,50 +1,213 @@
-"""Tokenizers (SentencePiece `.model` or Hugging Face `tokenizer.json`) and special-token resolution."""
+"""Tokenizers as edgellm reads them: a SentencePiece `tokenizer.model`, a Hugging Face
+`tokenizer.json`, or a byte-level BPE `vocab.json` + `merges.txt`; one `Tokenizer` over all of
+them (the runtime, the SentencePiece converter and its fidelity check share it), and `TextStream`,
+which turns generated ids into text as it becomes final."""
 
 from __future__ import annotations
 
 import codecs
 import re
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.spec import ModelSpec, read_json
+from edgellm_cli.files import read_json
+
+# Qwen2Tokenizer's pre-tokenizer: like GPT-2's, but digits one by one and newlines kept apart.
+QWEN2_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte → printable character table, the alphabet byte-level BPE vocabularies use."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def byte_level_bytes(token: str) -> bytes | None:
+    """The bytes a byte-level BPE token spells in that alphabet; None if it holds another character."""
+    to_byte = _unicode_to_bytes()
+    return bytes(to_byte[c] for c in token) if all(c in to_byte for c in token) else None
+
+
+@lru_cache(maxsize=1)
+def _unicode_to_bytes() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
+# -- where a tokenizer lives ----------------------------------------------------------------------
+
+
+@dataclass
+class TokenizerFiles:
+    """Where a tokenizer lives: exactly one of `spm_model`, `tokenizer_json`, `vocab_merges` is set."""
+
+    path: Path
+    spm_model: Path | None = None
+    tokenizer_json: Path | None = None
+    vocab_merges: tuple[Path, Path] | None = None
+
+    @property
+    def folder(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
+
+def locate(path: Path, prefer_spm: bool = True) -> TokenizerFiles:
+    """The tokenizer files `path` names (a file or a folder); `prefer_spm` picks `tokenizer.model` over `tokenizer.json`."""
+    if not path.exists():
+        raise EdgeLLMError(f"tokenizer {path} does not exist; pass a tokenizer.model, a tokenizer.json, a folder holding one, or a vocab.json beside merges.txt")
+    if path.is_file():
+        if path.name in ("vocab.json", "merges.txt"):
+            return _vocab_merges(path.parent, path)
+        if path.suffix == ".model":
+            return TokenizerFiles(path, spm_model=path)
+        if path.suffix == ".json":
+            return TokenizerFiles(path, tokenizer_json=path)
+        raise EdgeLLMError(f"{path}: not a tokenizer file; pass a tokenizer.json, tokenizer.model, or a vocab.json beside merges.txt")
+    candidates = [path / "tokenizer.model", path / "tokenizer.json"]
+    for found in candidates if prefer_spm else reversed(candidates):
+        if found.is_file():
+            return TokenizerFiles(path, **{"spm_model" if found.suffix == ".model" else "tokenizer_json": found})
+    if (path / "vocab.json").is_file():
+        return _vocab_merges(path, path)
+    raise EdgeLLMError(f"{path} holds no tokenizer.json, tokenizer.model or vocab.json + merges.txt; point at the tokenizer's folder")
+
+
+def _vocab_merges(folder: Path, named: Path) -> TokenizerFiles:
+    vocab, merges = folder / "vocab.json", folder / "merges.txt"
+    for needed in (vocab, merges):
+        if not needed.is_file():
+            raise EdgeLLMError(f"{named}: {needed.name} is missing beside it; a byte-level BPE tokenizer needs both vocab.json and merges.txt")
+    return TokenizerFiles(named, vocab_merges=(vocab, merges))
+
+
+def tokenizer_config(folder: Path) -> dict:
+    path = folder / "tokenizer_config.json"
+    return read_json(path, "tokenizer_config.json") if path.is_file() else {}
+
+
+def token_text(value) -> str | None:
+    """A special token as text, from a config that gives it as a string or as an AddedToken dict."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def load_spm(path: Path):
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor()
+    try:
+        sp.Load(str(path))
+    except (OSError, RuntimeError) as exc:
+        raise EdgeLLMError(f"{path}: not a valid SentencePiece model ({str(exc).splitlines()[0]}); re-download or re-convert it") from None
+    return sp
+
+
+def hf_tokenizer(source: TokenizerFiles):
+    """A `tokenizers.Tokenizer` for a tokenizer.json or a vocab.json + merges.txt pair."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    if source.tokenizer_json is not None:
+        read_json(source.tokenizer_json, "tokenizer.json")  # a clear message for broken JSON before `tokenizers` sees it
+        try:
+            return Tokenizer.from_file(str(source.tokenizer_json))
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for an invalid file
+            raise EdgeLLMError(f"{source.tokenizer_json}: not a valid tokenizer.json ({str(exc).splitlines()[0]}); re-download it") from None
+    vocab, merges = source.vocab_merges
+    try:
+        model = models.BPE.from_file(str(vocab), str(merges))
+    except Exception as exc:  # noqa: BLE001 - likewise
+        raise EdgeLLMError(f"{vocab.parent}: vocab.json + merges.txt do not load ({str(exc).splitlines()[0]}); re-download them") from None
+    tok = Tokenizer(model)
+    config = tokenizer_config(source.folder)
+    if config.get("tokenizer_class", "").startswith("Qwen2"):
+        tok.normalizer = normalizers.NFC()
+        split = pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
+    tok.decoder = decoders.ByteLevel()
+    added = sorted(((int(i), t) for i, t in config.get("added_tokens_decoder", {}).items()), key=lambda x: x[0])
+    for token_id, token in added:
+        if token_id != tok.get_vocab_size():
+            raise EdgeLLMError(f"{source.folder}: added token {token.get('content')!r} has id {token_id}, not the next free id; fix tokenizer_config.json")
+        tok.add_tokens([AddedToken(token["content"], special=token.get("special", False), normalized=token.get("normalized", False))])
+    return tok
+
+
+# -- encoding and decoding --------------------------------------------------------------------------
 
 
 class Tokenizer:
-    """encode/decode over either backend, with ids as plain ints."""
+    """encode/decode over either backend, ids as plain ints, no BOS/EOS added (callers place them)."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        if path.suffix == ".json":
-            from tokenizers import Tokenizer as HFTokenizer
-
-            try:
-                self._hf = HFTokenizer.from_file(str(path))
-            except Exception as exc:  # tokenizers raises a bare Exception for a bad file
-                raise EdgeLLMError(f"{path}: not a valid tokenizer.json ({str(exc).splitlines()[0]}); re-download it") from None
-            self._sp = None
+    def __init__(self, files: TokenizerFiles):
+        self.files = files
+        if files.spm_model is not None:
+            self._sp, self._hf = load_spm(files.spm_model), None
+            self.vocab_size = self._sp.GetPieceSize()
         else:
-            import sentencepiece
-
-            self._sp = sentencepiece.SentencePieceProcessor()
-            try:
-                self._sp.Load(str(path))
-            except (OSError, RuntimeError) as exc:
-                raise EdgeLLMError(f"{path}: not a valid SentencePiece model ({exc}); re-download it") from None
+            self._sp, self._hf = None, hf_tokenizer(files)
+            self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
         self._token_bytes: dict[int, bytes] = {}
         self._token_text: dict[int, str | None] = {}
+
+    @property
+    def path(self) -> Path:
+        return self.files.path
+
+    @property
+    def sentencepiece(self):
+        """The SentencePiece processor, or None for a Hugging Face tokenizer."""
+        return self._sp
 
     def encode(self, text: str) -> list[int]:
         if self._sp is not None:
             return self._sp.EncodeAsIds(text)
         return self._hf.encode(text, add_special_tokens=False).ids
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._sp is not None:
+            return [self._sp.EncodeAsIds(t) for t in texts]
+        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+
     def decode(self, ids: list[int]) -> str:
         if self._sp is not None:
             return self._sp.DecodeIds(ids)
         return self._hf.decode(ids, skip_special_tokens=False)
+
+    def piece(self, token_id: int) -> str:
+        return self._sp.IdToPiece(token_id) if self._sp is not None else self._hf.id_to_token(token_id)
+
+    def token_id(self, text: str) -> int | None:
+        """The id of a special or ordinary token spelled exactly `text`, if the vocabulary has one."""
+        if self._sp is not None:
+            found = self._sp.PieceToId(text)
+            return found if found != self._sp.unk_id() or text == self._sp.IdToPiece(found) else None
+        return self._hf.token_to_id(text)
+
+    @cached_property
+    def bos_id(self) -> int | None:
+        """The BOS the tokenizer itself defines (SentencePiece's bos_id, or what tokenizer.json's
+        post-processor puts first), for models whose edgellm.json does not say."""
+        if self._sp is not None:
+            return self._sp.bos_id() if self._sp.bos_id() >= 0 else None
+        added = self._hf.encode("", add_special_tokens=True).ids
+        return added[0] if added else None
+
+    @cached_property
+    def eos_id(self) -> int | None:
+        if self._sp is not None:
+            return self._sp.eos_id() if self._sp.eos_id() >= 0 else None
+        return None
 
     def token_bytes(self, token_id: int) -> bytes:
         """The UTF-8 bytes `token_id` adds to text that is already under way.
@@ -78,14 +241,12 @@ class Tokenizer:
         return ids, self.decode(ids)
 
     def _bytes_after_anchor(self, token_id: int) -> bytes:
-        from edgellm_cli.spm import BYTE_PIECE, byte_level_bytes
-
         anchor, anchor_text = self._anchor
         text = self.decode([*anchor, token_id])
         added = text[len(anchor_text) :] if text.startswith(anchor_text) else self.decode([token_id])
         if "\ufffd" not in added:
             return added.encode()
-        piece = self._sp.IdToPiece(token_id) if self._sp is not None else self._hf.id_to_token(token_id)
+        piece = self.piece(token_id)
         if match := BYTE_PIECE.match(piece):
             return bytes([int(match.group(1), 16)])
         if self._sp is None and type(self._hf.decoder).__name__ == "ByteLevel" and (raw := byte_level_bytes(piece)) is not None:
@@ -93,10 +254,8 @@ class Tokenizer:
         return added.encode()  # no bytes behind the replacement character: keep it, as decode does
 
 
-def load_tokenizer(path: Path) -> Tokenizer:
-    if not path.is_file():
-        raise EdgeLLMError(f"tokenizer {path} does not exist; pass --tokenizer with a tokenizer.model or tokenizer.json")
-    return Tokenizer(path)
+def load_tokenizer(path: Path, prefer_spm: bool = True) -> Tokenizer:
+    return Tokenizer(locate(path, prefer_spm))
 
 
 class TextStream:
@@ -174,100 +333,3 @@ class TextStream:
         piece, self._pending = self._pending[:cut], self._pending[cut:]
         self._emitted.append(piece)
         return piece
-
-
-def encode_with_specials(tokenizer: Tokenizer, text: str, specials: dict[str, int]) -> list[int]:
-    """Encode text in which special tokens appear as strings (a rendered chat template).
-
-    SentencePiece never maps control tokens such as `<bos>` from text, so they are cut out
-    and placed as ids; the text between them is encoded normally.
-    """
-    if not specials:
-        return tokenizer.encode(text)
-    pattern = "(" + "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")"
-    ids: list[int] = []
-    for part in re.split(pattern, text):
-        if part in specials:
-            ids.append(specials[part])
-        elif part:
-            ids.extend(tokenizer.encode(part))
-    return ids
-
-
-def render_chat(template: str, messages: list[dict], special_strings: dict[str, str], add_generation_prompt: bool = True) -> str:
-    """Render a Hugging Face chat template (Jinja) the way transformers does, ready for the reply."""
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise EdgeLLMError(f"chat template refused the conversation: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **special_strings)
-    except jinja2.TemplateError as exc:
-        raise EdgeLLMError(f"chat template does not render ({exc}); fix it or pass --chat-template FILE") from None
-
-
-@dataclass(frozen=True)
-class PromptSettings:
-    """How prompts are made for a model: special tokens, stop conditions and the chat template."""
-
-    bos_id: int | None
-    add_bos: bool
-    stop_ids: list[int]
-    stop_strings: list[str]
-    bos_token: str | None  # the special tokens as text, for chat templates
-    eos_token: str | None
-    chat_template: str | None
-    prompt_prefix: str | None  # bundle overrides; None derives them from the chat template
-    prompt_suffix: str | None
-
-
-def _ids(value) -> list[int]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, int) else list(value)
-
-
-def _token_text(value) -> str | None:
-    return value.get("content") if isinstance(value, dict) else value
-
-
-def _chat_template(checkpoint_dir: Path, tokenizer_config: dict) -> str | None:
-    # transformers 5 saves the template beside the config; older checkpoints keep it inside,
-    # sometimes as a list of named templates.
-    if (checkpoint_dir / "chat_template.jinja").is_file():
-        return (checkpoint_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    template = tokenizer_config.get("chat_template")
-    if isinstance(template, list):
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
-    return template
-
-
-def resolve_prompt_settings(spec: ModelSpec, checkpoint_dir: Path) -> PromptSettings:
-    """The spec's settings where given, else the checkpoint's generation_config.json, config.json
-    and tokenizer_config.json."""
-    found: dict = {}
-    for name in ("config.json", "generation_config.json"):  # later files win
-        if (checkpoint_dir / name).is_file():
-            found.update({k: v for k, v in read_json(checkpoint_dir / name).items() if v is not None})
-    tokenizer_config = read_json(checkpoint_dir / "tokenizer_config.json") if (checkpoint_dir / "tokenizer_config.json").is_file() else {}
-    section = spec.tokenizer
-    bos = section.bos_id if section.bos_id is not None else found.get("bos_token_id")
-    eos = section.eos_ids if section.eos_ids is not None else _ids(found.get("eos_token_id"))
-    if section.add_bos and bos is None:
-        raise EdgeLLMError(f"spec {spec.name}: tokenizer.add_bos is set but no BOS id is known; set tokenizer.bos_id")
-    return PromptSettings(
-        bos_id=bos,
-        add_bos=section.add_bos,
-        stop_ids=list(dict.fromkeys([*eos, *section.stop_ids])),
-        stop_strings=section.stop_strings,
-        bos_token=_token_text(tokenizer_config.get("bos_token")),
-        eos_token=_token_text(tokenizer_config.get("eos_token")),
-        chat_template=section.chat_template or _chat_template(checkpoint_dir, tokenizer_config),
-        prompt_prefix=section.prompt_prefix,
-        prompt_suffix=section.prompt_suffix,
-    )
