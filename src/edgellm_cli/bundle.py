@@ -14,12 +14,13 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from edgellm_cli.chat_template import prompt_affixes
+from edgellm_cli.deploy_check import ChatPlan, model_type, preflight
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.files import temporary_sibling
 from edgellm_cli.metadata import ModelMetadata
@@ -31,10 +32,11 @@ class BundleInputs:
     model: Path
     tokenizer: Path
     metadata: ModelMetadata
+    chat: ChatPlan | None = None  # the template and start token adapted for LiteRT-LM (set by the pre-flight)
 
     @property
     def start_id(self) -> int | None:
-        return self.metadata.start_id
+        return self.chat.start_id if self.chat is not None else self.metadata.start_id
 
 
 class BundleReport(BaseModel):
@@ -82,8 +84,8 @@ def write_litertlm(inputs: BundleInputs, out: Path) -> BundleReport:
     for stop in report.stop_ids:
         llm.stop_tokens.add().token_ids.ids.append(stop)
     llm.prompt_templates.user.prefix, llm.prompt_templates.user.suffix = report.prompt_prefix, report.prompt_suffix
-    if meta.chat_template:
-        llm.jinja_prompt_template = meta.chat_template
+    if inputs.chat is not None:  # what LiteRT-LM's conversation mode renders (list-of-parts content)
+        llm.jinja_prompt_template = inputs.chat.template
     # Greedy. LiteRT-LM 0.18 runs only TOP_P samplers on CPU; k=1 makes it greedy.
     llm.sampler_params.type = sampler_params_pb2.SamplerParameters.TOP_P
     llm.sampler_params.k, llm.sampler_params.p, llm.sampler_params.temperature = 1, 1.0, 1.0
@@ -91,7 +93,7 @@ def write_litertlm(inputs: BundleInputs, out: Path) -> BundleReport:
     if meta.kv_cache_length is None or not caches:
         raise EdgeLLMError(f"{inputs.model}: no KV cache inputs on a decode signature; bundle a model that `edgellm build` wrote")
     llm.max_num_tokens = meta.kv_cache_length
-    llm.llm_model_type.generic_model.SetInParent()
+    getattr(llm.llm_model_type, model_type(meta.name)).SetInParent()
 
     # Our caches are [1, T, heads, dim]: without the sequence axis the runtime would guess axis 2.
     executor = executor_metadata_pb2.ExecutorMetadata()
@@ -272,8 +274,10 @@ def bundle_format(name: str) -> BundleFormat:
 
 
 def write_bundle(inputs: BundleInputs, fmt: str, out: Path) -> BundleReport:
-    """Write the bundle under a temporary name and rename it, so a failure leaves no half file."""
+    """Check that the bundle will work in its runtime (a one-line error if not, before anything is
+    written), then write it under a temporary name and rename it, so a failure leaves no half file."""
     writer = bundle_format(fmt).write
+    inputs = replace(inputs, chat=preflight(inputs.metadata, load_tokenizer(inputs.tokenizer), fmt))
     staging = temporary_sibling(out)
     try:
         report = writer(inputs, staging)

@@ -341,18 +341,47 @@ def quantize(model, recipe, output, as_json) -> None:
 @click.option("--format", "fmt", type=click.Choice(BUNDLE_FORMATS), required=True, help="LiteRT-LM .litertlm or MediaPipe .task.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Default: MODEL with the format's extension.")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="Default: the one named by edgellm.json beside MODEL.")
+@click.option("--chat-template", "template_file", type=click.Path(dir_okay=False, path_type=Path), help="Jinja chat template file (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def bundle(model, fmt, output, tokenizer, as_json) -> None:
-    """Package MODEL with its tokenizer, start/stop tokens and prompt template for a runtime."""
+def bundle(model, fmt, output, tokenizer, template_file, as_json) -> None:
+    """Package MODEL with its tokenizer, start/stop tokens and prompt template for a runtime.
+
+    Before writing, a pre-flight checks that the bundle will work there: the start and stop tokens
+    exist, and the chat template renders in LiteRT-LM to the prompt `edgellm chat` would feed.
+    """
     from edgellm_cli.files import publish
 
-    stage = f"bundle-{fmt}"
-    result = _pipeline(_Progress(model.name, as_json, stage), model=model, tokenizer=tokenizer, formats=(fmt,)).result(stage)
+    stage, template = f"bundle-{fmt}", _read_text(template_file, "chat template") if template_file else None
+    pipeline = _pipeline(_Progress(model.name, as_json, stage), model=model, tokenizer=tokenizer, formats=(fmt,), chat_template=template)
+    result = pipeline.result(stage)
     output = publish(result.file, output or model.with_suffix(f".{fmt}"))
     if as_json:
         emit_json({**result.as_json(), "output": str(output)})
         return
     click.echo(output)
+
+
+@cli.command("check", epilog="\b\nExamples:\n  edgellm check build/smollm2-135m/smollm2-135m.litertlm\n  edgellm check other-tool.task --json")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-generate", is_flag=True, help="Skip the short greedy generation through LiteRT-LM's engine.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def check_bundle(path, no_generate, as_json) -> None:
+    """Check a .litertlm or .task bundle (any tool's) the way its runtime will use it: a deploy gate.
+
+    Signatures, KV length, start/stop tokens, the chat template as LiteRT-LM renders it, the
+    tokenizer, and a short greedy reply through LiteRT-LM's engine. Exit 2 when a check fails.
+    """
+    from edgellm_cli.deploy_check import check_bundle as run_checks
+
+    report = run_checks(path, generate=not no_generate)
+    if as_json:
+        emit_json(report)
+    else:
+        for item in report["checks"]:
+            mark = "[green]ok[/]  " if item["ok"] else "[red]FAIL[/]"
+            _console().print(f"  {mark} {item['name']:<11} {item['detail']}", markup=True, highlight=False)
+    if not report["ok"]:
+        sys.exit(2)
 
 
 @cli.command(epilog="\b\nExamples:\n  edgellm inspect build/stories260k/model.tflite\n  edgellm inspect stories.task --json")

@@ -76,6 +76,7 @@ class Pipeline:
         offline: bool | None = None,
         recipe=None,
         formats: tuple[str, ...] = (),
+        chat_template: str | None = None,
         output: Path | None = None,
         cache: ArtifactCache | None = None,
         on_start: Callable[[str], None] = lambda stage: None,
@@ -88,6 +89,7 @@ class Pipeline:
         self.spec, self.model, self.tokenizer = spec, model, tokenizer
         self.checkpoint, self.token, self.offline = checkpoint, token, offline
         self.recipe, self.formats, self.output = recipe, tuple(formats), output
+        self.chat_template = chat_template  # replaces the model's own in bundles
         self.cache = cache or ArtifactCache()
         self.on_start, self.on_finish = on_start, on_finish
         self._results: dict[str, StageResult] = {}
@@ -169,7 +171,8 @@ class Pipeline:
     def metadata_and_tokenizer(self) -> tuple[ModelMetadata, Path]:
         """The `edgellm.json` of the model that ships, and its tokenizer file."""
         if self.spec is None:
-            return model_metadata(self.model, self.tokenizer)
+            metadata, tokenizer = model_metadata(self.model, self.tokenizer)
+            return metadata.model_copy(update={"chat_template": self.chat_template or metadata.chat_template}), tokenizer
         fetched, converted = self.result("fetch").report, self.result("convert").report
         tokenizer = Path(fetched["checkpoint_dir"]) / self.spec.tokenizer.file
         metadata = ModelMetadata(
