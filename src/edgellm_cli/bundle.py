@@ -24,6 +24,7 @@ from edgellm_cli.deploy_check import ChatPlan, model_type, preflight
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.files import temporary_sibling
 from edgellm_cli.metadata import ModelMetadata
+from edgellm_cli.tflite_file import check_generative
 from edgellm_cli.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -74,8 +75,6 @@ def write_litertlm(inputs: BundleInputs, out: Path) -> BundleReport:
     from litert_lm_builder import litertlm_core
     from litert_lm_builder.runtime.proto import executor_metadata_pb2, llm_metadata_pb2, sampler_params_pb2
 
-    from edgellm_cli.inspect import tflite_signatures
-
     report = _report("litertlm", inputs, load_tokenizer(inputs.tokenizer))
     meta = inputs.metadata
     llm = llm_metadata_pb2.LlmMetadata()
@@ -89,9 +88,9 @@ def write_litertlm(inputs: BundleInputs, out: Path) -> BundleReport:
     # Greedy. LiteRT-LM 0.18 runs only TOP_P samplers on CPU; k=1 makes it greedy.
     llm.sampler_params.type = sampler_params_pb2.SamplerParameters.TOP_P
     llm.sampler_params.k, llm.sampler_params.p, llm.sampler_params.temperature = 1, 1.0, 1.0
-    caches = [name for name in tflite_signatures(inputs.model).get("decode", {}).get("inputs", []) if name.startswith("kv_cache_")]
-    if meta.kv_cache_length is None or not caches:
-        raise EdgeLLMError(f"{inputs.model}: no KV cache inputs on a decode signature; bundle a model that `edgellm build` wrote")
+    caches = [name for name in check_generative(inputs.model)["decode"].inputs if name.startswith("kv_cache_")]
+    if meta.kv_cache_length is None:
+        raise EdgeLLMError(f"{inputs.model}: its edgellm.json gives no kv_cache_length; bundle a model that `edgellm build` wrote")
     llm.max_num_tokens = meta.kv_cache_length
     getattr(llm.llm_model_type, model_type(meta.name)).SetInParent()
 
@@ -204,6 +203,7 @@ def write_task(inputs: BundleInputs, out: Path) -> BundleReport:
     """A MediaPipe LLM Inference `.task` bundle; the model is streamed in, never held in memory."""
     if inputs.tokenizer.suffix != ".model":
         raise EdgeLLMError(f"a .task bundle needs a SentencePiece tokenizer.model; {inputs.tokenizer.name} is not one (see `edgellm tokenizer to-spm`)")
+    check_generative(inputs.model)  # MediaPipe maps it as it is: a damaged model would crash the app
     report = _report("task", inputs, load_tokenizer(inputs.tokenizer))
     if not report.stop_tokens:
         raise EdgeLLMError("a .task bundle needs at least one stop token; set tokenizer.stop_ids or eos_ids in the spec")

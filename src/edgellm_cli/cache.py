@@ -3,12 +3,14 @@
 The key hashes everything the output depends on: the stage's inputs, edgellm's own source code
 (so an edit to a layer re-converts instead of serving a stale model) and the versions of the
 libraries that shape the artifact.
-An artifact is built in a temporary folder and renamed into place only when complete,
-so an interrupted or failed stage never leaves a half artifact behind.
+An artifact is built in a staging folder and renamed into place only when complete, so an
+interrupted or failed stage never leaves a half artifact behind; a staging folder whose process
+was killed (so could not clean up) is swept by the next run.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import importlib.metadata
@@ -21,6 +23,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgellm_cli import __version__
+from edgellm_cli.errors import EdgeLLMError
+
+STAGING_PREFIX = ".staging-"
+# Where writing fails for want of room or permission: the user's to fix, not a bug.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def cache_root() -> Path:
@@ -85,9 +102,10 @@ class ArtifactCache:
     @contextmanager
     def writing(self, stage: str, key: str) -> Iterator[Path]:
         """Yield an empty folder to fill; it becomes the artifact only if the block succeeds."""
-        staging = self.root / f".staging-{stage}-{key}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir(parents=True)
+        self.sweep()
+        staging = self.root / f"{STAGING_PREFIX}{stage}-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
+            staging.mkdir(parents=True)
             yield staging
             final = self.path(stage, key)
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -96,8 +114,19 @@ class ArtifactCache:
             except OSError:
                 if not final.is_dir():  # a concurrent run committed the same key first: keep theirs
                     raise
+        except OSError as exc:
+            if exc.errno not in _WRITE_ERRORS:
+                raise
+            raise EdgeLLMError(f"cannot write to the cache {self.root} ({exc.strerror}); free some space there or set EDGELLM_CACHE_DIR to another folder") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def sweep(self) -> None:
+        """Remove staging folders whose process is gone (killed before it could clean up)."""
+        for staging in self.root.glob(f"{STAGING_PREFIX}*") if self.root.is_dir() else []:
+            owner = staging.name.rsplit("-", 2)[-2]
+            if owner.isdigit() and not _alive(int(owner)):
+                shutil.rmtree(staging, ignore_errors=True)
 
     def clear(self) -> int:
         """Remove every artifact; returns the number of bytes freed."""

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.files import inside
 from edgellm_cli.metadata import PromptSettings
 from edgellm_cli.tokenizer import Tokenizer
 
@@ -69,7 +70,10 @@ def checkpoint_template(checkpoint_dir: Path, tokenizer_config: dict) -> str | N
     """The checkpoint's chat template: transformers 5 saves it beside the config; older checkpoints
     keep it inside tokenizer_config.json, sometimes as a list of named templates."""
     if (checkpoint_dir / "chat_template.jinja").is_file():
-        return (checkpoint_dir / "chat_template.jinja").read_text(encoding="utf-8")
+        try:
+            return inside(checkpoint_dir, "chat_template.jinja", "chat template").read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise EdgeLLMError(f"{checkpoint_dir}/chat_template.jinja is not UTF-8 text; re-download it") from None
     template = tokenizer_config.get("chat_template")
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}

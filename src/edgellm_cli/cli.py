@@ -254,15 +254,21 @@ def chat(model, system, template_file, max_tokens, tokenizer, threads, max_prefi
     The chat template renders the whole conversation each turn; only the tokens that differ from
     what the KV cache already holds are computed.
     """
+    from edgellm_cli.errors import EdgeLLMError
     from edgellm_cli.runtime import Chat
 
     template = _read_text(template_file, "chat template") if template_file else None
     conversation = Chat(_generator(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling), max_tokens, system, template)
+    if sys.stdin is None or sys.stdin.closed:
+        raise EdgeLLMError("standard input is closed; chat reads one user message per line from it (pipe text in, or run it in a terminal)")
     interactive = sys.stdin.isatty()
     while True:
         if interactive:
             click.echo("> ", nl=False, err=True)
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except UnicodeDecodeError:
+            raise EdgeLLMError("standard input is not valid UTF-8 text; chat reads UTF-8 lines") from None
         if not line or line.strip() == "/exit":
             break
         if line.strip() == "/reset":
@@ -595,18 +601,23 @@ def main() -> None:
     quiet_libraries()
     silence_native_stderr()
     try:
-        cli.main(standalone_mode=False)
+        # Not cli.main(): it turns Ctrl-C into a blank line and an Abort before edgellm sees it.
+        with cli.make_context("edgellm", sys.argv[1:]) as context:
+            cli.invoke(context)
+    except click.exceptions.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
     except EdgeLLMError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("error: interrupted; nothing half-written was kept (finished stages are cached: run it again to go on)", err=True)
         sys.exit(130)
+    except BrokenPipeError:  # the reader of our output went away (`| head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except Exception as exc:
         if os.environ.get("EDGELLM_DEBUG"):
             raise

@@ -54,8 +54,9 @@ def signature_inputs(decoder: Decoder, length: int, kv_cache_length: int) -> dic
     }
 
 
-def convert_to_tflite(decoder: Decoder, prefill_lengths: list[int], kv_cache_length: int, out_path: Path) -> None:
-    """Write `out_path`: one `.tflite` holding prefill_{N} for each N and decode."""
+def convert_to_tflite(decoder: Decoder, prefill_lengths: list[int], kv_cache_length: int, out_path: Path, log_path: Path) -> None:
+    """Write `out_path`: one `.tflite` holding prefill_{N} for each N and decode; the converter's
+    own output goes to `log_path`."""
     import litert_torch
 
     _register_lowerings()
@@ -65,7 +66,6 @@ def convert_to_tflite(decoder: Decoder, prefill_lengths: list[int], kv_cache_len
     for n in sorted(prefill_lengths):
         converter.signature(f"prefill_{n}", module, sample_kwargs=signature_inputs(decoder, n, kv_cache_length))
     converter.signature("decode", module, sample_kwargs=signature_inputs(decoder, 1, kv_cache_length))
-    log_path = out_path.with_suffix(".log")
     try:
         with torch.no_grad(), native_output_to(log_path):
             # Lightweight conversion keeps weights out of the lowered module until the flatbuffer is

@@ -24,6 +24,15 @@ def read_json(path: Path, what: str = "file") -> dict:
     return data
 
 
+def inside(folder: Path, name: str, what: str) -> Path:
+    """`folder / name`, refused when it leaves `folder` (`..`, an absolute path, or a symlink out)."""
+    path = folder / name
+    root = folder.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise EdgeLLMError(f"{what} {name!r} points outside {folder} (through .., an absolute path or a symlink); files a model names must live in its folder")
+    return path
+
+
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 

@@ -7,7 +7,6 @@ import re
 import zipfile
 from collections import Counter
 from pathlib import Path
-from struct import error as struct_error
 
 from edgellm_cli.errors import EdgeLLMError
 
@@ -30,35 +29,15 @@ def _dtype_name(dtype) -> str:
     return np.dtype(dtype).name
 
 
-def tflite_signatures(path: Path) -> dict[str, dict[str, list[str]]]:
-    """Signature names with their input and output names, read from the flatbuffer in Python
-    (no runtime is started, and the file is mapped rather than read)."""
-    import mmap
-
-    from ai_edge_litert import schema_py_generated as schema
-
-    try:
-        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            flat = schema.Model.GetRootAs(data, 0)
-            signatures = {}
-            for i in range(flat.SignatureDefsLength()):
-                sig = flat.SignatureDefs(i)
-                signatures[sig.SignatureKey().decode()] = {
-                    "inputs": [sig.Inputs(j).Name().decode() for j in range(sig.InputsLength())],
-                    "outputs": [sig.Outputs(j).Name().decode() for j in range(sig.OutputsLength())],
-                }
-            return signatures
-    except (OSError, ValueError, IndexError, UnicodeDecodeError, struct_error) as exc:
-        raise EdgeLLMError(f"{path}: not a readable .tflite ({type(exc).__name__}); pass a model that `edgellm build` or another converter wrote") from None
-
-
 def inspect_tflite(path: Path) -> dict:
     """Signatures with their inputs and outputs, and weight bytes by dtype and by layer group."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.compiled_model import CompiledModel
 
     from edgellm_cli.quiet import native_output_to
+    from edgellm_cli.tflite_file import read_signatures
 
+    read_signatures(path)  # a damaged file would crash the runtime
     with native_output_to():
         compiled = CompiledModel.from_file(str(path))
     signatures = {}

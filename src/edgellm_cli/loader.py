@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.files import inside
 from edgellm_cli.layers import Decoder
 from edgellm_cli.spec import Architecture, ModelSpec, TensorRule
 
@@ -95,7 +96,7 @@ def _read_sharded(folder: Path, index_name: str) -> dict[str, TensorInfo]:
         raise EdgeLLMError(f"{index_path}: not a valid shard index ({exc}); re-download the checkpoint") from None
     tensors = {}
     for shard in sorted(set(weight_map.values())):
-        inventory = _read_file_inventory(folder / shard)
+        inventory = _read_file_inventory(inside(folder, shard, f"{index_name}: shard"))
         for name, file in weight_map.items():
             if file == shard and name not in inventory:
                 raise EdgeLLMError(f"{index_path}: lists tensor {name} in {shard}, which does not hold it; re-download the checkpoint")
@@ -115,6 +116,9 @@ class TensorLoad:
 
     def read(self, checkpoint: Checkpoint) -> torch.Tensor:
         tensor = checkpoint.read(self.tensor)
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            # Caught here, it is a damaged checkpoint; caught by verify, it would look like a wrong mapping.
+            raise EdgeLLMError(f"checkpoint tensor {self.tensor} holds NaN or infinite values; the checkpoint is damaged: re-download it")
         if self.transpose:
             tensor = tensor.t()
         if self.start is not None:

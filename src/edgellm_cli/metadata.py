@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.files import read_json, write_json
+from edgellm_cli.files import inside, read_json, write_json
 from edgellm_cli.spec import ModelSpec
 
 METADATA_FILE = "edgellm.json"
@@ -84,7 +84,7 @@ def model_metadata(model: Path, tokenizer: Path | None = None) -> tuple[ModelMet
     if tokenizer is None:
         if metadata is None:
             raise EdgeLLMError(f"no {METADATA_FILE} beside {model} names its tokenizer; pass --tokenizer")
-        tokenizer = model.parent / metadata.tokenizer
+        tokenizer = inside(model.parent, metadata.tokenizer, f"{METADATA_FILE}: tokenizer")
     if not tokenizer.is_file():
         raise EdgeLLMError(f"tokenizer {tokenizer} does not exist; pass --tokenizer with a tokenizer.model or tokenizer.json")
     if metadata is None:
@@ -120,7 +120,7 @@ def resolve_prompt_settings(spec: ModelSpec, checkpoint_dir: Path) -> PromptSett
     section = spec.tokenizer
     bos = section.bos_id if section.bos_id is not None else found.get("bos_token_id")
     if bos is None and section.add_bos:
-        bos = load_tokenizer(checkpoint_dir / section.file).bos_id  # a config without bos_token_id: the tokenizer knows it
+        bos = load_tokenizer(inside(checkpoint_dir, section.file, "tokenizer.file")).bos_id  # a config without bos_token_id: the tokenizer knows it
     eos = section.eos_ids if section.eos_ids is not None else _ids(found.get("eos_token_id"))
     if section.add_bos and bos is None:
         raise EdgeLLMError(f"spec {spec.name}: tokenizer.add_bos is set but no BOS id is known; set tokenizer.bos_id")

@@ -18,6 +18,8 @@ entry in bundle.FORMATS, which the table picks up.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,9 +28,9 @@ from pathlib import Path
 from edgellm_cli import __version__
 from edgellm_cli.cache import ArtifactCache, artifact_key, file_digest
 from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.files import publish, read_json, write_json
+from edgellm_cli.files import inside, publish, read_json, write_json
 from edgellm_cli.metadata import ModelMetadata, model_metadata
-from edgellm_cli.spec import Architecture, ModelSpec, resolve_architecture
+from edgellm_cli.spec import Architecture, ExportSection, ModelSpec, resolve_architecture
 
 MODEL_FILE = "model.tflite"
 REPORT_FILE = "report.json"
@@ -187,6 +189,30 @@ class Pipeline:
         return metadata, tokenizer
 
 
+def weight_elements(checkpoint) -> int:
+    total = 0
+    for info in checkpoint.tensors.values():
+        count = 1
+        for dim in info.shape:
+            count *= dim
+        total += count
+    return total
+
+
+def check_memory(arch: Architecture, export: ExportSection, weights: int) -> None:
+    """Refuse, with the estimate, a model whose float weights, KV cache and largest prefill's logits
+    would not fit in this machine's memory (a KV cache of 10^9 positions, say)."""
+    kv_cache = 2 * arch.num_layers * export.kv_cache_length * arch.num_kv_heads * arch.head_dim * 4
+    logits = max(export.prefill_lengths) * arch.vocab_size * 4
+    need = 4 * weights + kv_cache + logits
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > memory:
+        raise EdgeLLMError(
+            f"the model needs about {need / 2**30:.1f} GiB (float32 weights {4 * weights / 2**30:.1f}, KV cache {kv_cache / 2**30:.1f}, "
+            f"prefill logits {logits / 2**30:.1f}) and this machine has {memory / 2**30:.1f} GiB; lower export.kv_cache_length or prefill_lengths"
+        )
+
+
 # -- the stages -------------------------------------------------------------------------------
 
 
@@ -197,17 +223,27 @@ def _fetch_inputs(p: Pipeline) -> dict:
 
 
 def _fetch(p: Pipeline, _: Path) -> dict:
-    """Every tensor name and shape and the tokenizer checked before any later stage."""
+    """Every tensor name and shape, the tokenizer and the memory the model will need, checked
+    before any later stage."""
     from edgellm_cli.loader import Checkpoint, plan_weights
     from edgellm_cli.metadata import resolve_prompt_settings
+    from edgellm_cli.tokenizer import load_tokenizer
 
     folder = p.checkpoint_folder()
     arch = resolve_architecture(p.spec, folder)
-    plan_weights(p.spec, arch, Checkpoint.open(folder))
-    if not (folder / p.spec.tokenizer.file).is_file():
+    checkpoint = Checkpoint.open(folder)
+    plan_weights(p.spec, arch, checkpoint)
+    tokenizer_file = inside(folder, p.spec.tokenizer.file, "tokenizer.file")
+    if not tokenizer_file.is_file():
         raise EdgeLLMError(f"checkpoint {folder.name}: tokenizer file {p.spec.tokenizer.file} is missing; fix tokenizer.file in the spec")
+    tokenizer = load_tokenizer(tokenizer_file)  # a damaged tokenizer fails here, not in a runtime
+    if tokenizer.vocab_size > arch.vocab_size:
+        raise EdgeLLMError(f"checkpoint {folder.name}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {arch.vocab_size}; "
+                           "fix tokenizer.file in the spec (it names another model's tokenizer)")
+    check_memory(arch, p.spec.export, weight_elements(checkpoint))
     return {
         "checkpoint_dir": str(folder),
+        "weight_elements": weight_elements(checkpoint),
         "file_digests": {f.name: file_digest(f) for f in sorted(folder.iterdir()) if f.is_file()},
         "architecture": arch.model_dump(mode="json"),
         "prompt": resolve_prompt_settings(p.spec, folder).model_dump(mode="json"),
@@ -235,13 +271,41 @@ def _verify(p: Pipeline, folder: Path) -> dict:
     return report
 
 
-def _convert(p: Pipeline, folder: Path) -> dict:
+def _convert_worker(spec: ModelSpec, fetched: dict, out: Path, log: Path) -> None:
     from edgellm_cli.convert import convert_to_tflite  # torch and litert_torch: only when not cached
+    from edgellm_cli.loader import Checkpoint, load_model
 
-    export = p.spec.export
-    convert_to_tflite(p.load_decoder(), export.prefill_lengths, export.kv_cache_length, folder / MODEL_FILE)
+    arch = Architecture.model_validate(fetched["architecture"])
+    decoder = load_model(spec, arch, Checkpoint.open(Path(fetched["checkpoint_dir"])))
+    convert_to_tflite(decoder, spec.export.prefill_lengths, spec.export.kv_cache_length, out, log)
+
+
+def _convert(p: Pipeline, folder: Path) -> dict:
+    from edgellm_cli.isolated import run_isolated
+
+    export, fetched = p.spec.export, p.result("fetch").report
+    need = 4 * fetched["weight_elements"]
+
+    def disk_full() -> EdgeLLMError | None:
+        free = shutil.disk_usage(folder).free
+        if free >= need:
+            return None
+        return EdgeLLMError(f"cannot write to the cache {p.cache.root}: {free / 1e6:.1f} MB free, and the float32 model needs about "
+                            f"{need / 1e6:.1f} MB; free space there or set EDGELLM_CACHE_DIR to a larger disk")
+
+    if problem := disk_full():
+        raise problem
+    log = p.cache.root / "logs" / f"{folder.name.removeprefix('.')}.log"  # kept when the stage fails, unlike its staging folder
+    log.parent.mkdir(exist_ok=True)
+    try:
+        # The converter's native code ends the process on an I/O error: in a worker, only the worker ends.
+        _, peak = run_isolated(_convert_worker, (p.spec, fetched, folder / MODEL_FILE, log), "the converter")
+    except EdgeLLMError as exc:
+        raise (disk_full() or exc) from None
+    log.unlink(missing_ok=True)
     return {
         "file": MODEL_FILE,
+        "worker_peak_rss_bytes": peak,
         "size_bytes": (folder / MODEL_FILE).stat().st_size,
         "prefill_lengths": sorted(export.prefill_lengths),
         "kv_cache_length": export.kv_cache_length,
@@ -272,6 +336,9 @@ def _verify_tflite(p: Pipeline, _: Path) -> dict:
 
 
 def _model_file(p: Pipeline, _: Path) -> dict:
+    from edgellm_cli.tflite_file import read_signatures
+
+    read_signatures(p.model)  # quantizer and bundlers would crash on a damaged file
     return {"path": str(p.model.parent), "file": p.model.name, "size_bytes": p.model.stat().st_size}
 
 

@@ -22,6 +22,7 @@ from edgellm_cli.chat_template import encode_with_specials, render_chat
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.metadata import model_metadata
 from edgellm_cli.quiet import native_output_to
+from edgellm_cli.tflite_file import check_generative
 from edgellm_cli.tokenizer import TextStream, load_tokenizer
 
 
@@ -102,8 +103,7 @@ class LiteRTModel:
         from ai_edge_litert.hardware_accelerator import HardwareAccelerator
         from ai_edge_litert.options import Options
 
-        if not path.is_file():
-            raise EdgeLLMError(f"model {path} does not exist; pass the path of a .tflite file")
+        check_generative(path)  # a damaged file would crash the runtime, not fail
         options = Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=num_threads or 0))
         try:
             with native_output_to():  # the runtime logs every accelerator and plugin it probes
@@ -333,6 +333,15 @@ def generate(model: LiteRTModel, prompt_ids: list[int], max_new_tokens: int, sam
     yield from session.generate(max_new_tokens, sampler, stop_ids)
 
 
+def valid_text(value: str, what: str) -> str:
+    """`value` when it is text that encodes (command-line bytes that are not UTF-8 arrive as lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EdgeLLMError(f"{what} is not valid UTF-8 text; pass it in UTF-8") from None
+    return value
+
+
 class Generator:
     """A model ready to generate text: the runtime, its tokenizer and prompt settings, a sampler
     and the stop conditions (the model's own unless given)."""
@@ -350,12 +359,16 @@ class Generator:
         self.metadata, tokenizer = model_metadata(model, tokenizer)
         self.tokenizer = load_tokenizer(tokenizer)
         self.litert = LiteRTModel(model, num_threads=threads, max_prefill=max_prefill)
+        if self.tokenizer.vocab_size > self.litert.vocab_size:
+            raise EdgeLLMError(f"{tokenizer} has {self.tokenizer.vocab_size} tokens but {model.name} only {self.litert.vocab_size}; "
+                               "pass the tokenizer of this model with --tokenizer")
         self.sampler = sampler
         self.stop_ids = list(stop_ids) or self.metadata.stop_ids
         self.stop_strings = list(stop_strings) or self.metadata.stop_strings
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The prompt's ids, after the start token when the model uses one."""
+        valid_text(prompt, "the prompt")
         start = self.metadata.start_id
         return ([start] if start is not None else []) + self.tokenizer.encode(prompt)
 
@@ -391,7 +404,7 @@ class Chat:
     def turn(self, text: str) -> Iterator[str]:
         """The model's reply to `text`, as it streams."""
         metadata, tokenizer = self.generator.metadata, self.generator.tokenizer
-        self.messages.append({"role": "user", "content": text})
+        self.messages.append({"role": "user", "content": valid_text(text, "the message")})
         prompt = render_chat(self.template, self.messages, metadata.template_strings)
         self.session.feed(encode_with_specials(tokenizer, prompt, metadata.specials))
         self.reused = len(self.session.history) - self.session.computed  # prompt tokens served from the KV cache

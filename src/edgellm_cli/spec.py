@@ -208,7 +208,7 @@ class TokenizerSection(_Strict):
 
 class ExportSection(_Strict):
     prefill_lengths: list[int] = Field(default=[32], min_length=1)
-    kv_cache_length: int = Field(default=512, gt=0)
+    kv_cache_length: int = Field(default=512, gt=0, le=1 << 20)  # beyond a million positions no phone has the memory
 
     @model_validator(mode="after")
     def _prefill_fits(self) -> ExportSection:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.files import read_json
+from edgellm_cli.files import read_json, write_bytes_atomically
 from edgellm_cli.spec import architecture_from_hf_config, load_spec, read_hf_config
 
 FAMILY_SPECS = {
@@ -78,6 +78,6 @@ def draft_specs(source: Path, output: Path) -> list[Path]:
             load_spec(staging)  # a draft that would not load is a bug: never leave one behind
         finally:
             staging.unlink()
-        path.write_text(text)
+        write_bytes_atomically(path, text.encode())
         written.append(path)
     return written
