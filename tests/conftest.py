@@ -48,6 +48,13 @@ def cache_files(cache: Path) -> list[Path]:
     return [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_root(tmp_path_factory):
+    """Code that runs in the test process (LiteRTModel's weight cache, pipelines without a cache
+    argument) writes to a cache of the session's, never the user's ~/.cache/edgellm."""
+    os.environ["EDGELLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("session-cache"))
+
+
 @pytest.fixture
 def cache(tmp_path) -> Path:
     return tmp_path / "cache"

@@ -2,7 +2,10 @@
 streaming detokenisation, chat templates, and the run / chat / bench commands."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.metadata import read_metadata
 from edgellm_cli.runtime import LiteRTModel, Sampler, Session, generate
 from edgellm_cli.tokenizer import TextStream, load_tokenizer
+from edgellm_cli.weight_cache import is_complete
 
 STORY = "Once upon a time there was a big dog who liked to run in the park with his friends. One day he saw a cat and they played"
 
@@ -247,3 +251,42 @@ def test_edgellm_json_is_typed_and_a_bad_field_is_one_line(stories_build, tmp_pa
     (copy / "edgellm.json").write_text(json.dumps(broken))
     result = run_cli("run", str(copy / "model.tflite"), cache=stories_build.cache)
     assert result.code == 2 and result.stderr.count("\n") == 1 and "stop_ids" in result.stderr, result.stderr
+
+
+LOGITS_OF = """
+import sys, numpy as np
+from pathlib import Path
+from edgellm_cli.runtime import LiteRTModel
+model = LiteRTModel(Path(sys.argv[1]))
+np.save(sys.argv[2], np.concatenate([model.prefill([1, 400, 30, 77], 0), model.decode(5, 4)[None]]))
+"""
+
+
+def logits_in_a_process(model, out, cache_dir, mode=""):
+    env = {**os.environ, "EDGELLM_CACHE_DIR": str(cache_dir), "EDGELLM_WEIGHT_CACHE": mode}
+    done = subprocess.run([sys.executable, "-c", LOGITS_OF, str(model), str(out)], check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return np.load(out)
+
+
+def test_weights_are_packed_once_into_a_cache_keyed_by_content_and_give_the_same_logits(stories_build, tmp_path):
+    model, cache_dir = stories_build.output / "model.tflite", tmp_path / "cache"
+    without = logits_in_a_process(model, tmp_path / "a.npy", cache_dir, "off")
+    assert not (cache_dir / "xnnpack").exists()
+    first = logits_in_a_process(model, tmp_path / "b.npy", cache_dir)
+    files = list((cache_dir / "xnnpack").glob("*.xnnpack"))
+    assert len(files) == 1 and is_complete(files[0]) and not list((cache_dir / "xnnpack").glob(".building-*"))
+    second = logits_in_a_process(model, tmp_path / "c.npy", cache_dir)  # maps the packed file
+    np.testing.assert_array_equal(first, without)
+    np.testing.assert_array_equal(second, without)
+    files[0].write_bytes(files[0].read_bytes()[:100])  # damaged: rebuilt, never trusted
+    np.testing.assert_array_equal(logits_in_a_process(model, tmp_path / "d.npy", cache_dir), without)
+    assert is_complete(files[0])
+    changed = tmp_path / "other" / "model.tflite"  # other content, other key: never another model's packing
+    changed.parent.mkdir()
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 1  # a weight's lowest mantissa bit
+    changed.write_bytes(bytes(data))
+    logits_in_a_process(changed, tmp_path / "e.npy", cache_dir)
+    assert len(list((cache_dir / "xnnpack").glob("*.xnnpack"))) == 2
+    assert run_cli("cache", "clear", cache=cache_dir).code == 0 and not cache_dir.exists()

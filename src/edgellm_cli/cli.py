@@ -102,8 +102,8 @@ def _run_spec_stages(spec_path, stages: list[str] | None, as_json: bool, **kwarg
 
 
 def _print_stage(console, result) -> None:
-    how = "[dim]cached[/]" if result.cached else "[green]ran[/]"
-    console.print(f"  {result.stage:<16} {how} {result.seconds:7.2f}s  {_summary(result)}")
+    how = "[dim]cached[/]" if result.cached else "[green]ran[/]   "
+    console.print(f"  {result.stage:<16} {how} {result.seconds:7.2f}s {result.peak_rss_bytes / 2**30:6.2f} GiB  {_summary(result)}")
 
 
 def _summary(result) -> str:

@@ -45,6 +45,7 @@ class StageResult:
     cached: bool
     seconds: float  # this run's time: a cached stage reports its lookup, not the original run
     report: dict = field(default_factory=dict)
+    peak_rss_bytes: int = 0  # the stage's peak memory (its worker's, when it ran in one)
 
     @property
     def file(self) -> Path:
@@ -52,7 +53,8 @@ class StageResult:
         return self.path / self.report["file"]
 
     def as_json(self) -> dict:
-        return {**self.report, "stage": self.stage, "key": self.key, "path": str(self.path), "cached": self.cached, "seconds": round(self.seconds, 3)}
+        return {**self.report, "stage": self.stage, "key": self.key, "path": str(self.path), "cached": self.cached, "seconds": round(self.seconds, 3),
+                "peak_rss_bytes": self.peak_rss_bytes}
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class Pipeline:
             for need in stage.needs(self):
                 self.result(need)
             self.on_start(name)
-            started = time.perf_counter()
+            started, memory = time.perf_counter(), PeakMemory()
             key = self.key(name)
             if stage.cached:
                 cached = self.cache.lookup(name, key) is not None
@@ -117,7 +119,8 @@ class Pipeline:
             else:
                 cached, report = False, stage.produce(self, Path())
                 path = Path(report.pop("path"))
-            self._results[name] = StageResult(name, key, path, cached, time.perf_counter() - started, report)
+            peak = max(memory.peak(), report.get("worker_peak_rss_bytes", 0) if not cached else 0)
+            self._results[name] = StageResult(name, key, path, cached, time.perf_counter() - started, report, peak)
             self.on_finish(self._results[name])
         return self._results[name]
 
@@ -187,6 +190,28 @@ class Pipeline:
             recipe=self.recipe.name if self.recipe is not None else None,
         )
         return metadata, tokenizer
+
+
+class PeakMemory:
+    """This process's peak resident memory from now on: Linux lets a process reset its high-water
+    mark (clear_refs 5), so each stage gets its own peak; elsewhere, the process's peak so far."""
+
+    def __init__(self):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+    def peak(self) -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def weight_elements(checkpoint) -> int:

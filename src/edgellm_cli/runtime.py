@@ -24,6 +24,7 @@ from edgellm_cli.metadata import model_metadata
 from edgellm_cli.quiet import native_output_to
 from edgellm_cli.tflite_file import check_generative
 from edgellm_cli.tokenizer import TextStream, load_tokenizer
+from edgellm_cli.weight_cache import weight_cache
 
 
 @dataclass
@@ -98,19 +99,20 @@ class LiteRTModel:
     """A `.tflite` that follows the prefill_{N} / decode signature convention."""
 
     def __init__(self, path: Path, num_threads: int | None = None, max_prefill: int | None = None):
-        from ai_edge_litert.compiled_model import CompiledModel
-        from ai_edge_litert.cpu_options import CpuOptions
-        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
-        from ai_edge_litert.options import Options
-
         check_generative(path)  # a damaged file would crash the runtime, not fail
-        options = Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=num_threads or 0))
+        cache = weight_cache(path)  # the weights packed once for every signature
         try:
-            with native_output_to():  # the runtime logs every accelerator and plugin it probes
-                self._model = CompiledModel.from_file(str(path), options=options)
-                signatures = self._model.get_signature_list()
-        except (ValueError, RuntimeError) as exc:
-            raise EdgeLLMError(f"{path}: not a loadable .tflite model ({str(exc).splitlines()[0]})") from None
+            try:
+                signatures = self._compile(path, num_threads, cache.path if cache else "")
+            except (ValueError, RuntimeError):  # only with a cache: without one, _compile says what is wrong
+                cache.discard()
+                cache = None  # load again without it: a model that cannot load fails there too
+                signatures = self._compile(path, num_threads, "")
+            if cache is not None:
+                cache.commit()
+        finally:
+            if cache is not None:
+                cache.discard()  # what it did not finish (nothing once committed)
         prefill = {int(m.group(1)): name for name in signatures if (m := re.fullmatch(r"prefill_(\d+)", name))}
         if "decode" not in signatures or not prefill:
             raise EdgeLLMError(f"{path}: expected signatures prefill_<N> and decode, found {sorted(signatures)}; convert it with edgellm")
@@ -131,6 +133,24 @@ class LiteRTModel:
         # models do not: None). A greedy loop reads this int instead of taking the arg-max itself.
         self.greedy_pick = None if next_token is None else _int32_slots(next_token)
         self.reset()
+
+    def _compile(self, path: Path, num_threads: int | None, weight_cache_path: str) -> dict:
+        """Compile the model for the CPU (weights packed into `weight_cache_path`, if any); its signatures."""
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.cpu_options import CpuOptions
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+        from ai_edge_litert.options import Options
+
+        cpu = CpuOptions(num_threads=num_threads or 0, xnnpack_weight_cache_path=weight_cache_path)
+        try:
+            with native_output_to():  # the runtime logs every accelerator and plugin it probes
+                self._model = CompiledModel.from_file(str(path), options=Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=cpu))
+                self._model.get_output_tensor_details("decode")  # a failed allocation surfaces here, not in from_file
+                return self._model.get_signature_list()
+        except (ValueError, RuntimeError) as exc:
+            if not weight_cache_path:
+                raise EdgeLLMError(f"{path}: not a loadable .tflite model ({str(exc).splitlines()[0]})") from None
+            raise
 
     def _signature_io(self, signature: str) -> _SignatureIO:
         """One signature's arrays and buffers, made once: a decode step only fills them.
