@@ -348,8 +348,9 @@ def quantize(model, recipe, output, as_json) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Default: MODEL with the format's extension.")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="Default: the one named by edgellm.json beside MODEL.")
 @click.option("--chat-template", "template_file", type=click.Path(dir_okay=False, path_type=Path), help="Jinja chat template file (default: the model's).")
+@click.option("--stop-id", "stop_ids", multiple=True, type=int, help="Stop token id (repeatable; default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def bundle(model, fmt, output, tokenizer, template_file, as_json) -> None:
+def bundle(model, fmt, output, tokenizer, template_file, stop_ids, as_json) -> None:
     """Package MODEL with its tokenizer, start/stop tokens and prompt template for a runtime.
 
     Before writing, a pre-flight checks that the bundle will work there: the start and stop tokens
@@ -358,7 +359,8 @@ def bundle(model, fmt, output, tokenizer, template_file, as_json) -> None:
     from edgellm_cli.files import publish
 
     stage, template = f"bundle-{fmt}", _read_text(template_file, "chat template") if template_file else None
-    pipeline = _pipeline(_Progress(model.name, as_json, stage), model=model, tokenizer=tokenizer, formats=(fmt,), chat_template=template)
+    pipeline = _pipeline(_Progress(model.name, as_json, stage), model=model, tokenizer=tokenizer, formats=(fmt,), chat_template=template,
+                         stop_ids=stop_ids)
     result = pipeline.result(stage)
     output = publish(result.file, output or model.with_suffix(f".{fmt}"))
     if as_json:

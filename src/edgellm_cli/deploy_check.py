@@ -177,17 +177,22 @@ def _token_ids(union) -> list[int]:
 
 
 def _signature_check(model: bytes) -> tuple[Check, Check]:
-    from edgellm_cli.runtime import LiteRTModel
+    """Signatures and KV cache as LiteRT-LM needs them, read from the flatbuffer (no runtime started)."""
+    from edgellm_cli.runtime import cache_length
+    from edgellm_cli.tflite_file import check_generative
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "model.tflite").write_bytes(model)
         try:
-            litert = LiteRTModel(Path(tmp) / "model.tflite")
+            signatures = check_generative(Path(tmp) / "model.tflite", prefill_logits=False)
         except EdgeLLMError as exc:
-            return Check("signatures", False, str(exc)), Check("kv cache", False, "no decode signature to read it from")
-        signatures = [*litert.prefill_signatures.values(), "decode"]
-        return (Check("signatures", True, ", ".join(signatures)),
-                Check("kv cache", True, f"{litert.kv_cache_length} positions, {len(litert.cache_names) // 2} layers"))
+            detail = str(exc).replace(f"{tmp}/", "")
+            return Check("signatures", False, detail), Check("kv cache", False, "no decode signature to read it from")
+    decode = signatures["decode"]
+    caches = [name for name in decode.inputs if name.startswith("kv_cache_")]
+    prefill = sorted((name for name in signatures if name.startswith("prefill_")), key=lambda n: int(n.removeprefix("prefill_")))
+    length = cache_length(decode.shapes[caches[0]], decode.shapes[caches[-1]])
+    return (Check("signatures", True, ", ".join([*prefill, "decode"])), Check("kv cache", True, f"{length} positions, {len(caches) // 2} layers"))
 
 
 ENGINE = """
@@ -262,7 +267,8 @@ def _template_check(template: str) -> Check:
             break
     problems = problems or turn_problems(template)
     if problems:
-        return Check("template", False, f"{problems[0]}; rebuild with `edgellm bundle` or pass --chat-template FILE")
+        return Check("template", False, f"{problems[0]}; bundle the model again with `edgellm bundle MODEL.tflite --format litertlm` "
+                                        "(--tokenizer, --stop-id and --chat-template FILE for another tool's model)")
     return Check("template", True, f"renders {len(PROBE_CONVERSATIONS)} conversations with list-of-parts content, turn by turn")
 
 

@@ -81,6 +81,7 @@ class Pipeline:
         recipe=None,
         formats: tuple[str, ...] = (),
         chat_template: str | None = None,
+        stop_ids: tuple[int, ...] = (),
         output: Path | None = None,
         cache: ArtifactCache | None = None,
         on_start: Callable[[str], None] = lambda stage: None,
@@ -93,7 +94,7 @@ class Pipeline:
         self.spec, self.model, self.tokenizer = spec, model, tokenizer
         self.checkpoint, self.token, self.offline = checkpoint, token, offline
         self.recipe, self.formats, self.output = recipe, tuple(formats), output
-        self.chat_template = chat_template  # replaces the model's own in bundles
+        self.chat_template, self.stop_ids = chat_template, list(stop_ids)  # replace the model's own in bundles
         self.cache = cache or ArtifactCache()
         self.on_start, self.on_finish = on_start, on_finish
         self._results: dict[str, StageResult] = {}
@@ -177,7 +178,8 @@ class Pipeline:
         """The `edgellm.json` of the model that ships, and its tokenizer file."""
         if self.spec is None:
             metadata, tokenizer = model_metadata(self.model, self.tokenizer)
-            return metadata.model_copy(update={"chat_template": self.chat_template or metadata.chat_template}), tokenizer
+            overrides = {"chat_template": self.chat_template or metadata.chat_template, "stop_ids": self.stop_ids or metadata.stop_ids}
+            return metadata.model_copy(update=overrides), tokenizer
         fetched, converted = self.result("fetch").report, self.result("convert").report
         tokenizer = Path(fetched["checkpoint_dir"]) / self.spec.tokenizer.file
         metadata = ModelMetadata(

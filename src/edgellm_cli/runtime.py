@@ -95,6 +95,12 @@ def _host_view(buffer, like: np.ndarray) -> np.ndarray | None:
     return view
 
 
+def cache_length(k_shape, v_shape) -> int:
+    """The positions a KV cache holds. edgellm's K and V are both [1, T, heads, dim]; litert-torch's
+    K is [1, heads, T, dim] and its V [1, heads, dim, T] (the shapes differ, and T is K's axis 2)."""
+    return int(k_shape[1] if tuple(k_shape) == tuple(v_shape) else k_shape[2])
+
+
 class LiteRTModel:
     """A `.tflite` that follows the prefill_{N} / decode signature convention."""
 
@@ -121,8 +127,7 @@ class LiteRTModel:
             raise EdgeLLMError(f"no prefill signature is at most {max_prefill} tokens (the model has {sorted(prefill)})")
         details = self._model.get_input_tensor_details("decode")
         self.cache_names = [name for name in signatures["decode"]["inputs"] if name.startswith("kv_cache_")]
-        shape = details[self.cache_names[0]]["shape"]
-        self.kv_cache_length = int(shape[1])
+        self.kv_cache_length = cache_length(details[self.cache_names[0]]["shape"], details[self.cache_names[1]]["shape"])
         self.vocab_size = int(self._model.get_output_tensor_details("decode")["logits"]["shape"][-1])
         with native_output_to():
             self._caches = {name: self._model.create_input_buffer_by_name("decode", name) for name in self.cache_names}

@@ -24,6 +24,7 @@ IDENTIFIER = b"TFL3"
 class Signature:
     inputs: list[str]
     outputs: list[str]
+    shapes: dict[str, list[int]]  # of every input and output, by name
 
 
 class _Damaged(Exception):
@@ -99,7 +100,9 @@ def _read(data, size: int) -> dict[str, Signature]:
         if any(not 0 <= m.TensorIndex() < tensors[sig.SubgraphIndex()] for side in maps for m in side):
             raise _Damaged(f"signature {i} names a tensor outside its subgraph")
         names = [[m.Name().decode() for m in side] for side in maps]
-        signatures[(sig.SignatureKey() or b"").decode()] = Signature(*names)
+        subgraph = flat.Subgraphs(sig.SubgraphIndex())
+        shapes = {m.Name().decode(): [int(d) for d in subgraph.Tensors(m.TensorIndex()).ShapeAsNumpy()] for side in maps for m in side}
+        signatures[(sig.SignatureKey() or b"").decode()] = Signature(*names, shapes)
     return signatures
 
 
@@ -124,9 +127,10 @@ def read_signatures(path: Path) -> dict[str, Signature]:
         raise EdgeLLMError(f"{path}: unreadable ({exc.strerror or exc}); check the path and its permissions") from None
 
 
-def check_generative(path: Path) -> dict[str, Signature]:
+def check_generative(path: Path, prefill_logits: bool = True) -> dict[str, Signature]:
     """A sound model with what generation needs: prefill_N and decode signatures taking tokens,
-    positions and KV-cache tensors."""
+    positions and KV-cache tensors, and giving logits (`prefill_logits`: prefill too, as edgellm's
+    runtime reads them; LiteRT-LM does not, and litert-torch's prefill gives none)."""
     signatures = read_signatures(path)
     prefill = [name for name in signatures if re.fullmatch(r"prefill_\d+", name)]
     if "decode" not in signatures or not prefill:
@@ -138,6 +142,6 @@ def check_generative(path: Path) -> dict[str, Signature]:
             raise EdgeLLMError(f"{path}: signature {name} has no {missing[0]} input; it does not follow the prefill/decode convention")
         if not any(n.startswith("kv_cache_") for n in inputs):
             raise EdgeLLMError(f"{path}: signature {name} has no kv_cache_* inputs (no KV cache); edgellm runs models that carry their cache")
-        if "logits" not in signatures[name].outputs:
+        if "logits" not in signatures[name].outputs and (prefill_logits or name == "decode"):
             raise EdgeLLMError(f"{path}: signature {name} has no logits output; it does not follow the prefill/decode convention")
     return signatures
