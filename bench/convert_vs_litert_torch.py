@@ -72,9 +72,9 @@ def _tree_rss(pid: int) -> int:
 
 
 def measured(command: list[str], env: dict) -> dict:
-    """Run `command`; its wall time and the peak RSS of its whole process tree."""
+    """Run `command`; its wall time, the peak RSS of its whole process tree, and what it printed."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = 0
 
     def sample() -> None:
@@ -85,12 +85,12 @@ def measured(command: list[str], env: dict) -> dict:
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    _, stderr = process.communicate()
+    stdout, stderr = process.communicate()
     sampler.join()
     if process.returncode:
         tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
         return {"error": " | ".join(tail)[-300:]}
-    return {"seconds": time.perf_counter() - started, "peak_rss_gb": peak / 2**30}
+    return {"seconds": time.perf_counter() - started, "peak_rss_gb": peak / 2**30, "stdout": stdout.decode(errors="replace")}
 
 
 def invoke_rates(model: Path, threads: int, decode_steps: int = 32) -> dict:

@@ -116,3 +116,25 @@ def test_bad_recipe_on_the_cli_leaves_no_artifact(stories_build, tmp_path, recip
     result = run_cli("quantize", str(stories_build.output / "model.tflite"), "--recipe", recipe, "-o", str(tmp_path / "q.tflite"), cache=cache)
     assert result.code == 2 and needle in result.stderr and result.stderr.count("\n") == 1
     assert cache_files(cache) == [] and not (tmp_path / "q.tflite").exists()
+
+
+def test_an_all_zero_weight_block_still_loads_and_runs_at_int4(demo_copy, tmp_path, cache):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(demo_copy / "model.safetensors")
+    tensors["model.layers.0.self_attn.q_proj.weight"][5, :32] = 0  # one block of 32 zeros: scale 0, which LiteRT refuses
+    tensors["model.layers.0.self_attn.q_proj.weight"][7, :] = 0  # and a whole zero channel
+    save_file(tensors, demo_copy / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    result = run_cli("build", "--spec", str(SPECS / "stories260k.yaml"), "--checkpoint", str(demo_copy), "--recipe", "int4-block32",
+                     "-o", str(out), "--json", cache=cache)
+    assert result.code == 0, result.stderr
+    report = next(s for s in json.loads(result.stdout)["stages"] if s["stage"] == "quantize")
+    assert report["zero_scales_repaired"] == 3 and 0 < report["top1_agreement_with_float"] <= 1  # it loaded and ran in the stage
+    assert run_cli("run", str(out / "model.tflite"), "--max-tokens", "8", cache=cache).code == 0
+
+
+def test_every_quantized_model_reports_its_agreement_with_float(quantized):
+    reports = quantized[1]
+    assert reports["fp16"]["top1_agreement_with_float"] == 1.0
+    assert reports["int8-dynamic"]["top1_agreement_with_float"] >= reports["int4-block128"]["top1_agreement_with_float"]

@@ -115,7 +115,8 @@ def _summary(result) -> str:
         return f"{report['size_bytes'] / 1e6:.2f} MB, signatures " + ", ".join([*(f"prefill_{n}" for n in report["prefill_lengths"]), "decode"])
     if result.stage == "quantize":
         fallback = f", {len(report['block_fallbacks'])} weights per channel (not divisible into blocks)" if report["block_fallbacks"] else ""
-        return f"{report['recipe']}: {report['size_before'] / 1e6:.2f} MB -> {report['size_after'] / 1e6:.2f} MB ({report['ratio']:.1%}){fallback}"
+        agreement = f", top-1 {report['top1_agreement_with_float']:.0%} of float's" if "top1_agreement_with_float" in report else ""
+        return f"{report['recipe']}: {report['size_before'] / 1e6:.2f} MB -> {report['size_after'] / 1e6:.2f} MB ({report['ratio']:.1%}){agreement}{fallback}"
     if result.stage.startswith("bundle-"):
         return f"{report['size_bytes'] / 1e6:.2f} MB, start {report['start_token']!r}, stop {report['stop_tokens']}"
     if result.stage == "export":

@@ -191,6 +191,7 @@ def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path) -> dict:
             f"recipe {recipe.name}: ai-edge-quantizer failed on it ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
             "change the mode or granularity of the rule for these ops"
         ) from None
+    repaired = repair_zero_scales(out_path)
     before, after = model_path.stat().st_size, out_path.stat().st_size
     return {
         "recipe": recipe.name,
@@ -198,4 +199,88 @@ def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path) -> dict:
         "size_after": after,
         "ratio": round(after / before, 4),
         "block_fallbacks": fallbacks,
+        "zero_scales_repaired": repaired,
+        **check_quantized(model_path, out_path, recipe.name),
     }
+
+
+def _scale_vectors(flat, schema):
+    """(vector position, element count, dtype) of every quantization scale in the model: per-channel
+    scales inside a tensor's quantization parameters, and blockwise scales, which live in a tensor
+    of their own."""
+    import numpy as np
+
+    for s in range(flat.SubgraphsLength()):
+        subgraph = flat.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            quantization = subgraph.Tensors(t).Quantization()
+            if quantization is None:
+                continue
+            if quantization.ScaleLength():
+                field = quantization._tab.Offset(8)  # `scale: [float]`, the third field
+                yield quantization._tab.Vector(field), quantization.ScaleLength(), np.float32
+            if quantization.DetailsType() == schema.QuantizationDetails.BlockwiseQuantization:
+                details = schema.BlockwiseQuantization()
+                details.Init(quantization.Details().Bytes, quantization.Details().Pos)
+                scales = subgraph.Tensors(details.Scales())
+                buffer = flat.Buffers(scales.Buffer())
+                field = buffer._tab.Offset(4)
+                if field:
+                    dtype = np.float16 if scales.Type() == schema.TensorType.FLOAT16 else np.float32
+                    yield buffer._tab.Vector(field), buffer._tab.VectorLen(field) // np.dtype(dtype).itemsize, dtype
+
+
+def repair_zero_scales(path: Path) -> int:
+    """Give zero quantization scales the smallest positive value; returns how many there were.
+
+    A block or channel of weights that are all zero gets scale 0, and LiteRT's CPU path refuses to
+    load such a model ("unsupported scale value (0.000000) ... for INT4 tensor"); its quantized
+    values are all 0, so any positive scale dequantizes them to the same zeros.
+    """
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = bytearray(path.read_bytes())
+    flat = schema.Model.GetRootAs(data, 0)
+    repaired = 0
+    for position, count, dtype in list(_scale_vectors(flat, schema)):
+        scales = np.frombuffer(data, dtype=dtype, count=count, offset=position)
+        zeros = scales == 0
+        if zeros.any():
+            repaired += int(zeros.sum())
+            patched = np.where(zeros, np.finfo(dtype).tiny, scales).astype(dtype)
+            data[position : position + patched.nbytes] = patched.tobytes()
+    if repaired:
+        path.write_bytes(data)
+    return repaired
+
+
+def check_quantized(float_model: Path, quantized: Path, recipe: str, count: int = 16) -> dict:
+    """The quantized model loads in LiteRT's default CPU path and runs prefill and decode; its top-1
+    agreement with the float model goes into the stage report, measured on text the float model
+    writes itself (greedy from a fixed token), so it is text the model finds likely."""
+    import numpy as np
+
+    from edgellm_cli.runtime import LiteRTModel
+    from edgellm_cli.tflite_file import check_generative
+
+    try:
+        check_generative(float_model)
+    except EdgeLLMError:
+        return {}  # not a prefill/decode model: nothing to run it on
+
+    model = LiteRTModel(float_model)
+    tokens, rows = [int(np.random.default_rng(0).integers(model.vocab_size))], []
+    for position in range(count):
+        rows.append(model.decode(tokens[-1], position).copy())
+        tokens.append(int(rows[-1].argmax()))
+    reference, tokens = np.stack(rows), tokens[:count]
+    del model  # one model in memory at a time
+    try:
+        model = LiteRTModel(quantized)
+        ours = np.concatenate([model.prefill(tokens[: count // 2], 0), *(model.decode(t, count // 2 + i)[None].copy() for i, t in enumerate(tokens[count // 2 :]))])
+    except EdgeLLMError as exc:
+        raise EdgeLLMError(f"recipe {recipe} wrote a model LiteRT cannot run ({exc}); choose another mode or granularity for its rules") from None
+    if not np.isfinite(ours).all():
+        raise EdgeLLMError(f"recipe {recipe} wrote a model whose logits are not finite; choose another mode or granularity for its rules")
+    return {"top1_agreement_with_float": float((ours.argmax(-1) == reference.argmax(-1)).mean()), "agreement_tokens": count}
