@@ -34,7 +34,14 @@ SHAPES = {
                                    "num_key_value_heads": 2, "max_position_embeddings": 32768, "rope_theta": 1000000.0, "tie_word_embeddings": True}),
     "tinyllama-1.1b": ("Llama", {"vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
                                      "num_key_value_heads": 4, "max_position_embeddings": 2048, "rope_theta": 10000.0, "tie_word_embeddings": False}),
+    "qwen2.5-1.5b": ("Qwen2", {"vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+                                   "num_key_value_heads": 2, "max_position_embeddings": 32768, "rope_theta": 1000000.0, "tie_word_embeddings": True}),
+    "gemma-2-2b": ("Gemma2", {"vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26, "num_attention_heads": 8,
+                                  "num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 8192, "query_pre_attn_scalar": 256,
+                                  "sliding_window": 4096, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "tie_word_embeddings": True}),
 }
+# Shapes above a billion parameters are written in bfloat16, as their real checkpoints are (W still counts float32).
+BFLOAT16 = {"qwen2.5-1.5b", "gemma-2-2b"}
 TOKENIZERS = REPO.parent / "shared" / "assets" / "tokenizers"
 
 
@@ -46,7 +53,10 @@ def make_checkpoint(name: str, folder: Path) -> Path:
 
     prefix, config = SHAPES[name]
     torch.manual_seed(0)
+    dtype = torch.bfloat16 if name in BFLOAT16 else torch.float32
+    torch.set_default_dtype(dtype)
     model = getattr(transformers, f"{prefix}ForCausalLM")(getattr(transformers, f"{prefix}Config")(**config, bos_token_id=1, eos_token_id=2))
+    torch.set_default_dtype(torch.float32)
     model.save_pretrained(folder)
     # Stand-in tokenizers (both converters copy them; neither uses them to convert).
     shutil.copyfile(TOKENIZERS / "tinyllama-chat" / "tokenizer.model", folder / "tokenizer.model")

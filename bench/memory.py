@@ -1,6 +1,6 @@
 """Peak memory of every stage of a build, and of the runtime, against the float32 weights W.
 
-    .venv/bin/python bench/memory.py [--models smollm2-135m,tinyllama-1.1b] [--litert-torch-python PATH]
+    .venv/bin/python bench/memory.py [--models smollm2-135m,tinyllama-1.1b,qwen2.5-1.5b,gemma-2-2b] [--litert-torch-python PATH]
         [--real-models ~/.cache/edgellm-real-models] [--work /tmp/edgellm-memory]
 
 SmolLM2-135M-Instruct is the real model (../shared/tools/get_real_models.sh); the other names are
@@ -26,6 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from convert_vs_litert_torch import make_checkpoint, measured  # a sibling script
 
 EDGELLM = [sys.executable, "-m", "edgellm_cli"]
+# The bundle in LiteRT-LM's own engine: 16 greedy tokens from the start token.
+LITERT_LM = """
+import sys, litert_lm as lm
+engine = lm.Engine(sys.argv[1], backend=lm.Backend.CPU(), cache_dir=sys.argv[2])
+session = engine.create_session(apply_prompt_template=False, sampler_config=lm.SamplerConfig(top_k=1), max_output_tokens=16)
+session.run_prefill([""])
+print(sum(1 for _ in session.run_decode_async()))
+"""
 
 
 def checkpoint_for(name: str, real: Path, work: Path) -> Path:
@@ -43,6 +51,7 @@ def main() -> None:
     parser.add_argument("--litert-torch-python")
     parser.add_argument("--real-models", type=Path, default=Path.home() / ".cache" / "edgellm-real-models")
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgellm-memory"))
+    parser.add_argument("--memory-cgroup", type=Path, help="A cgroup v1 memory folder to run litert-torch in (its limit, not the machine's, ends it)")
     args = parser.parse_args()
     print("| model | W (float32) | what | peak RSS | x W | seconds |")
     print("|---|---|---|---|---|---|")
@@ -64,6 +73,11 @@ def main() -> None:
             print(f"{row} {stage['stage']} | {stage['peak_rss_bytes'] / 1e9:.2f} GB | {stage['peak_rss_bytes'] / weights:.2f} | {stage['seconds']:.1f} |")
         print(f"{row} **edgellm build, whole tree** | {build['peak_rss_gb'] * 2**30 / 1e9:.2f} GB | {build['peak_rss_gb'] * 2**30 / weights:.2f} | "
               f"{build['seconds']:.0f} |")
+        bundle = next((work / "out").glob("*.litertlm"))
+        (work / "litert-lm-cache").mkdir(exist_ok=True)
+        engine = measured([sys.executable, "-c", LITERT_LM, str(bundle), str(work / "litert-lm-cache")], env)
+        outcome = f"failed: {engine['error']}" if "error" in engine else f"{engine['peak_rss_gb'] * 2**30 / 1e9:.2f} GB"
+        print(f"{row} LiteRT-LM engine runs the bundle ({bundle.stat().st_size / 1e9:.2f} GB) | {outcome} | | {engine.get('seconds', 0):.0f} |")
         model = next(s for s in stages if s["stage"] == "convert")
         model_file = Path(model["path"]) / model["file"]
         for load in ("first", "second"):
@@ -76,7 +90,8 @@ def main() -> None:
                   f"{bench['peak_rss_gb'] * 2**30 / model_file.stat().st_size:.2f} x file | {bench['seconds']:.0f} |")
         if args.litert_torch_python:
             shutil.rmtree(work / "litert-torch", ignore_errors=True)
-            theirs = measured([args.litert_torch_python, "-m", "litert_torch.generative.export_hf", f"--model={checkpoint}", f"--output_dir={work / 'litert-torch'}",
+            inside = ["sh", "-c", f'echo $$ > {args.memory_cgroup}/cgroup.procs && exec "$@"', "sh"] if args.memory_cgroup else []
+            theirs = measured([*inside, args.litert_torch_python, "-m", "litert_torch.generative.export_hf", f"--model={checkpoint}", f"--output_dir={work / 'litert-torch'}",
                                "--prefill_lengths=[128]", "--cache_length=1024"], {**os.environ, "HF_HUB_OFFLINE": "1"})
             if "error" in theirs:
                 print(f"{row} litert-torch export_hf | failed: {theirs['error']} | | |")
