@@ -15,7 +15,25 @@ import click
 
 from edgellm_cli import __version__
 
-BUNDLE_FORMATS = ("litertlm", "task")  # bundle.FORMATS, named here so --help needs no import
+
+class BundleFormat(click.Choice):
+    """A name from bundle.FORMATS, the registry, read only when a value or --help needs it (the
+    registry's imports would slow every command's start)."""
+
+    def __init__(self):
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from edgellm_cli.bundle import FORMATS
+
+        return tuple(FORMATS)
+
+    @choices.setter
+    def choices(self, _) -> None:
+        pass
+
+
 
 EXAMPLES = """
 \b
@@ -152,7 +170,7 @@ def cli() -> None:
 @pipeline_options
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Write model.tflite, tokenizer and edgellm.json here (default: build/<spec name>).")
 @click.option("--recipe", help="Then quantize with this recipe (a name from `edgellm recipes list`, or a YAML file).")
-@click.option("--bundle", "bundle_formats", multiple=True, type=click.Choice(BUNDLE_FORMATS), help="Then bundle the output for this runtime (repeatable).")
+@click.option("--bundle", "bundle_formats", multiple=True, type=BundleFormat(), help="Then bundle the output for this runtime (repeatable).")
 def build(spec_path, checkpoint, token, offline, as_json, output, recipe, bundle_formats) -> None:
     """Run fetch -> verify -> convert -> verify-tflite (-> quantize -> bundle), skipping stages already cached."""
     from edgellm_cli.quantize import load_recipe
@@ -345,7 +363,7 @@ def quantize(model, recipe, output, as_json) -> None:
 
 @cli.command(epilog="\b\nExamples:\n  edgellm bundle build/stories260k/model.tflite --format litertlm\n  edgellm bundle build/stories260k/model.tflite --format task -o stories.task")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(BUNDLE_FORMATS), required=True, help="LiteRT-LM .litertlm or MediaPipe .task.")
+@click.option("--format", "fmt", type=BundleFormat(), required=True, help="A registered bundle format (bundle.FORMATS).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Default: MODEL with the format's extension.")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="Default: the one named by edgellm.json beside MODEL.")
 @click.option("--chat-template", "template_file", type=click.Path(dir_okay=False, path_type=Path), help="Jinja chat template file (default: the model's).")
