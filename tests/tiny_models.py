@@ -8,13 +8,14 @@ the 32 verification tokens so the window is exercised. Used by the tests and by
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO.parent / "shared" / "assets"
 SPM = REPO / "demo" / "stories260K" / "tokenizer.model"
-BPE_JSON = ASSETS / "tokenizers" / "phi-2" / "tokenizer.json"  # a stand-in: verification uses token ids only
+CORPUS = ASSETS / "corpora" / "tinyshakespeare" / "input.txt"
 
 WINDOW = 6
 COMMON = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4,
@@ -53,9 +54,25 @@ def make_tiny_checkpoint(spec_name: str, folder: Path, tokenizer_file: str, max_
     model = model_class(config_class(**{**COMMON, **overrides, **extra}))
     _perturb_norms(model)
     model.save_pretrained(folder, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
-    tokenizer = SPM if tokenizer_file == "tokenizer.model" else BPE_JSON
-    shutil.copyfile(tokenizer, folder / tokenizer_file)
+    if tokenizer_file == "tokenizer.model":
+        shutil.copyfile(SPM, folder / tokenizer_file)
+    else:
+        small_bpe_tokenizer().save(str(folder / tokenizer_file))
     return folder
+
+
+@functools.cache
+def small_bpe_tokenizer():
+    """A byte-level BPE tokenizer.json with the tiny models' 512 tokens, trained on Shakespeare: a
+    tokenizer must fit its model's vocabulary (fetch refuses one that does not)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=COMMON["vocab_size"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(CORPUS.read_text(encoding="utf-8").splitlines()[:4000], trainer)
+    return tokenizer
 
 
 def _perturb_norms(model) -> None:
