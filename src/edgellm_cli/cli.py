@@ -230,18 +230,31 @@ def _generator(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, *
 @sampling_options
 @click.option("--json", "as_json", is_flag=True, help="Print the text, token ids and tokens/s as JSON instead of streaming.")
 def run(model, prompt, max_tokens, tokenizer, threads, max_prefill, stop_ids, stop_strings, as_json, **sampling) -> None:
-    """Generate text from MODEL (.tflite) on the LiteRT runtime, streaming it as it comes."""
+    """Generate text from MODEL (.tflite) on the LiteRT runtime, streaming it as it comes.
+
+    An encoder-decoder (T5) answers the prompt: it is encoded once, then the decoder generates."""
     import time
 
-    from edgellm_cli.runtime import Session
+    from edgellm_cli.runtime import Sampler, Session
+    from edgellm_cli.tflite_file import refuse_kind
 
-    gen = _generator(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling)
-    prompt_ids = gen.prompt_ids(prompt)
-    started = time.perf_counter()
-    session, generated, pieces = Session(gen.litert), [], []
-    if prompt_ids:
-        session.feed(prompt_ids)
-    for piece in gen.stream(session, max_tokens, generated):
+    generated, pieces = [], []
+    if refuse_kind(model, "run", ("decoder", "encoder-decoder")) == "encoder-decoder":
+        from edgellm_cli.seq2seq import Seq2SeqGenerator
+
+        gen = Seq2SeqGenerator(model, tokenizer, Sampler(**sampling), stop_ids, stop_strings, threads)
+        prompt_ids = gen.input_ids(prompt)
+        started = time.perf_counter()
+        stream = gen.stream(prompt, max_tokens, generated)
+    else:
+        gen = _generator(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling)
+        prompt_ids = gen.prompt_ids(prompt)
+        started = time.perf_counter()
+        session = Session(gen.litert)
+        if prompt_ids:
+            session.feed(prompt_ids)
+        stream = gen.stream(session, max_tokens, generated)
+    for piece in stream:
         pieces.append(piece)
         if not as_json:
             click.echo(piece, nl=False)
