@@ -129,6 +129,8 @@ def _summary(result) -> str:
     if result.stage == "fetch":
         arch = report["architecture"]
         return f"{Path(report['checkpoint_dir']).name}: {arch['num_layers']} layers, hidden {arch['hidden_size']}, vocab {arch['vocab_size']}"
+    if result.stage == "convert" and "signatures" in report:  # encoders and encoder-decoders
+        return f"{report['size_bytes'] / 1e6:.2f} MB, signatures " + ", ".join(report["signatures"])
     if result.stage == "convert":
         return f"{report['size_bytes'] / 1e6:.2f} MB, signatures " + ", ".join([*(f"prefill_{n}" for n in report["prefill_lengths"]), "decode"])
     if result.stage == "quantize":
@@ -141,16 +143,25 @@ def _summary(result) -> str:
         return f"{len(report['outputs'])} files in {result.path}"
     if result.stage == "model-file":
         return f"{result.file} ({report['size_bytes'] / 1e6:.2f} MB)"
-    if "comparisons" in report:
-        worst = max(report["comparisons"].values(), key=lambda m: m["max_abs_logit_diff"])
-        return f"max |Δlogit| {worst['max_abs_logit_diff']:.2e}, top-1 {worst['top1_agreement']:.1%}"
-    return ""  # a stage this table has no words for yet: its report is in --json
+    if "comparisons" not in report:
+        return ""  # a stage this table has no words for yet: its report is in --json
+    if "min_cosine" in next(iter(report["comparisons"].values())):  # an encoder's pooled embeddings
+        worst = min(report["comparisons"].values(), key=lambda m: m["min_cosine"])
+        return f"embedding cosine {worst['min_cosine']:.6f}, max |Δ| {worst['max_abs_diff']:.2e}"
+    worst = max(report["comparisons"].values(), key=lambda m: m["max_abs_logit_diff"])
+    return f"max |Δlogit| {worst['max_abs_logit_diff']:.2e}, top-1 {worst['top1_agreement']:.1%}"
 
 
 def _print_comparisons(comparisons: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    if "min_cosine" in next(iter(comparisons.values())):
+        table = Table("comparison", "lowest cosine", "max |Δ|", "inputs")
+        for name, m in comparisons.items():
+            table.add_row(name, f"{m['min_cosine']:.6f}", f"{m['max_abs_diff']:.3e}", str(m["inputs"]))
+        Console().print(table)
+        return
     table = Table("comparison", "max |Δlogit|", "top-1 agreement", "positions")
     for name, m in comparisons.items():
         table.add_row(name, f"{m['max_abs_logit_diff']:.3e}", f"{m['top1_agreement']:.1%}", str(m["positions"]))
@@ -240,18 +251,31 @@ def _generator(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, *
 @sampling_options
 @click.option("--json", "as_json", is_flag=True, help="Print the text, token ids and tokens/s as JSON instead of streaming.")
 def run(model, prompt, max_tokens, tokenizer, threads, max_prefill, stop_ids, stop_strings, as_json, **sampling) -> None:
-    """Generate text from MODEL (.tflite) on the LiteRT runtime, streaming it as it comes."""
+    """Generate text from MODEL (.tflite) on the LiteRT runtime, streaming it as it comes.
+
+    An encoder-decoder (T5) answers the prompt: it is encoded once, then the decoder generates."""
     import time
 
-    from edgellm_cli.runtime import Session
+    from edgellm_cli.runtime import Sampler, Session
+    from edgellm_cli.tflite_file import refuse_kind
 
-    gen = _generator(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling)
-    prompt_ids = gen.prompt_ids(prompt)
-    started = time.perf_counter()
-    session, generated, pieces = Session(gen.litert), [], []
-    if prompt_ids:
-        session.feed(prompt_ids)
-    for piece in gen.stream(session, max_tokens, generated):
+    generated, pieces = [], []
+    if refuse_kind(model, "run", ("decoder", "encoder-decoder")) == "encoder-decoder":
+        from edgellm_cli.seq2seq import Seq2SeqGenerator
+
+        gen = Seq2SeqGenerator(model, tokenizer, Sampler(**sampling), stop_ids, stop_strings, threads)
+        prompt_ids = gen.input_ids(prompt)
+        started = time.perf_counter()
+        stream = gen.stream(prompt, max_tokens, generated)
+    else:
+        gen = _generator(model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling)
+        prompt_ids = gen.prompt_ids(prompt)
+        started = time.perf_counter()
+        session = Session(gen.litert)
+        if prompt_ids:
+            session.feed(prompt_ids)
+        stream = gen.stream(session, max_tokens, generated)
+    for piece in stream:
         pieces.append(piece)
         if not as_json:
             click.echo(piece, nl=False)
@@ -310,6 +334,43 @@ def _read_text(path: Path, what: str) -> str:
         raise EdgeLLMError(f"{what} {path} is unreadable ({exc}); pass a UTF-8 text file") from None
 
 
+@cli.command(epilog="\b\nExamples:\n  edgellm embed build/all-minilm-l6-v2/model.tflite 'A sentence.' 'Another one.' --similarity\n  edgellm embed model.tflite 'Some text' --json")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--similarity", is_flag=True, help="Print the cosine similarity matrix of the texts instead of the vectors.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="tokenizer.json (default: the one beside MODEL).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: LiteRT's choice).")
+@click.option("--json", "as_json", is_flag=True, help="Print texts, embeddings (and the similarity matrix) as JSON.")
+def embed(model, texts, similarity, tokenizer, threads, as_json) -> None:
+    """Sentence embeddings of TEXT... from an embedding MODEL (.tflite with embed_N signatures).
+
+    Each text goes through the smallest embed_N that holds it; a longer one is truncated to the
+    largest N, with a warning, as sentence-transformers truncates to max_seq_length.
+    """
+    import numpy as np
+
+    from edgellm_cli.embedding import EmbeddingModel, cosine_matrix
+    from edgellm_cli.runtime import valid_text
+
+    embedder = EmbeddingModel(model, tokenizer, threads)
+    results = embedder.embed([valid_text(t, "the text") for t in texts])
+    for i, result in enumerate(results):
+        if result.truncated_from is not None:
+            _console().print(f"[yellow]warning:[/] text {i + 1} has {result.truncated_from} tokens; truncated to {result.tokens} (the longest signature)")
+    vectors = [r.vector for r in results]
+    matrix = cosine_matrix(np.stack(vectors))
+    if as_json:
+        emit_json({"texts": list(texts), "dimension": int(vectors[0].size), "embeddings": [v.tolist() for v in vectors],
+                   **({"similarity": matrix.round(6).tolist()} if similarity else {})})
+    elif similarity:
+        width = len(str(len(texts)))
+        for i, row in enumerate(matrix):
+            click.echo(f"[{i + 1:>{width}}] " + " ".join(f"{value:6.3f}" for value in row) + f"  {texts[i]}")
+    else:
+        for vector in vectors:
+            click.echo(" ".join(f"{value:.6f}" for value in vector))
+
+
 @cli.command(epilog="\b\nExample:\n  edgellm bench build/stories260k/model.tflite --threads 2 --json")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: LiteRT's choice).")
@@ -319,8 +380,22 @@ def _read_text(path: Path, what: str) -> str:
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="Detokenise in the pipeline numbers (default: the one beside MODEL, if any).")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
 def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_json) -> None:
-    """Time to first token, prefill tokens/s per signature, decode tokens/s (pipeline and raw invoke), peak memory."""
+    """Time to first token, prefill tokens/s per signature, decode tokens/s (pipeline and raw invoke), peak memory.
+
+    For an embedding model: milliseconds per call of each embed_N signature."""
     from edgellm_cli.benchmark import benchmark
+    from edgellm_cli.tflite_file import refuse_kind
+
+    if refuse_kind(model, "bench", ("decoder", "encoder")) == "encoder":
+        from edgellm_cli.embedding import EmbeddingModel
+
+        report = EmbeddingModel(model, threads=threads).benchmark(repeats)
+        if as_json:
+            emit_json(report)
+            return
+        for name, row in report["signatures"].items():
+            click.echo(f"{name:<12} {row['ms']:9.2f} ms  {row['tokens_per_second']:10.1f} tokens/s")
+        return
     from edgellm_cli.metadata import model_metadata, read_metadata
     from edgellm_cli.tokenizer import load_tokenizer
 
@@ -438,8 +513,24 @@ def inspect(path, as_json) -> None:
 @click.option("--window", type=click.IntRange(min=2), help="Tokens per window (default: min(256, KV cache)).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def evaluate_models(models, corpus, tokenizer, max_tokens, window, as_json) -> None:
-    """Perplexity of each model over a corpus; against the first (float) model, top-1 agreement and mean KL."""
+    """Perplexity of each model over a corpus; against the first (float) model, top-1 agreement and mean KL.
+
+    For embedding models: each non-empty corpus line embedded by every model; mean and lowest cosine to the first."""
     from edgellm_cli.evaluate import evaluate
+    from edgellm_cli.tflite_file import refuse_kind
+
+    if refuse_kind(models[0], "eval", ("decoder", "encoder")) == "encoder":
+        from edgellm_cli.embedding import compare_models
+
+        lines = [line for line in _read_text(corpus, "corpus").splitlines() if line.strip()]
+        report = compare_models(list(models), lines, tokenizer)
+        if as_json:
+            emit_json(report)
+            return
+        for row in report["models"]:
+            cosine = f"cosine to first: mean {row['mean_cosine']:.6f}, lowest {row['min_cosine']:.6f}" if "mean_cosine" in row else "(reference)"
+            click.echo(f"{Path(row['model']).name:<40} {row['size_bytes'] / 1e6:8.2f} MB  {cosine}")
+        return
     from edgellm_cli.metadata import model_metadata
     from edgellm_cli.tokenizer import load_tokenizer
 

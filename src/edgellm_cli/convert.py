@@ -57,15 +57,20 @@ def signature_inputs(decoder: Decoder, length: int, kv_cache_length: int) -> dic
 def convert_to_tflite(decoder: Decoder, prefill_lengths: list[int], kv_cache_length: int, out_path: Path, log_path: Path) -> None:
     """Write `out_path`: one `.tflite` holding prefill_{N} for each N and decode; the converter's
     own output goes to `log_path`."""
+    module = _SignatureModule(decoder).eval()
+    signatures = [(f"prefill_{n}", module, signature_inputs(decoder, n, kv_cache_length)) for n in sorted(prefill_lengths)]
+    write_tflite([*signatures, ("decode", module, signature_inputs(decoder, 1, kv_cache_length))], out_path, log_path)
+
+
+def write_tflite(signatures: list[tuple[str, torch.nn.Module, dict[str, torch.Tensor]]], out_path: Path, log_path: Path) -> None:
+    """Lower each (name, module, sample inputs) as one signature of one `.tflite` at `out_path`."""
     import litert_torch
 
     _register_lowerings()
     litert_torch.config.show_progress = False
-    module = _SignatureModule(decoder).eval()
     converter = litert_torch.Converter()
-    for n in sorted(prefill_lengths):
-        converter.signature(f"prefill_{n}", module, sample_kwargs=signature_inputs(decoder, n, kv_cache_length))
-    converter.signature("decode", module, sample_kwargs=signature_inputs(decoder, 1, kv_cache_length))
+    for name, module, sample in signatures:
+        converter.signature(name, module, sample_kwargs=sample)
     try:
         with torch.no_grad(), native_output_to(log_path):
             # Lightweight conversion keeps weights out of the lowered module until the flatbuffer is

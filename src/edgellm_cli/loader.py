@@ -17,7 +17,7 @@ import torch
 
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.files import inside
-from edgellm_cli.layers import Decoder
+from edgellm_cli.layers import build_model
 from edgellm_cli.spec import Architecture, ModelSpec, TensorRule
 
 _LAYER = "{layer}"
@@ -137,6 +137,14 @@ def _expand(rule: TensorRule, our_template: str, num_layers: int) -> list[tuple[
     ]
 
 
+def _layer_count(template: str, ours: dict, default: int) -> int:
+    """Blocks a per-layer name spans (an encoder-decoder's encoder and decoder may differ in depth)."""
+    count = 0
+    while _LAYER in template and template.replace(_LAYER, str(count)) in ours:
+        count += 1
+    return count or default
+
+
 def _shape(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
@@ -149,7 +157,7 @@ def plan_weights(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) ->
     a checkpoint tensor that nothing uses (unless `ignore_tensors` names it).
     """
     with torch.device("meta"):
-        model = Decoder(arch)
+        model = build_model(arch)
     ours = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
     tied = set(ours) - dict(model.named_parameters()).keys()  # aliases, e.g. a tied output head
 
@@ -157,7 +165,7 @@ def plan_weights(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) ->
     for our_template, rule in spec.weights.items():
         rule = TensorRule(source=rule) if isinstance(rule, str) else rule
         try:
-            expanded = _expand(rule, our_template, arch.num_layers)
+            expanded = _expand(rule, our_template, _layer_count(our_template, ours, arch.num_layers))
         except ValueError as exc:
             raise EdgeLLMError(f"spec {spec.name}: {exc}") from None
         for our_name, layer_rule in expanded:
@@ -236,11 +244,11 @@ def _templates(names) -> set[str]:
     return {re.sub(r"\.\d+\.", f".{_LAYER}.", n) for n in names}
 
 
-def load_model(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) -> Decoder:
-    """Build our Decoder and fill it with the checkpoint's weights, one tensor at a time, as float32."""
+def load_model(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) -> torch.nn.Module:
+    """Build our model (its kind: decoder, encoder, encoder-decoder) and fill it with the checkpoint's weights, one tensor at a time, as float32."""
     plan = plan_weights(spec, arch, checkpoint)
     with torch.device("meta"):
-        model = Decoder(arch)
+        model = build_model(arch)
     for our_name, load in plan.items():
         module_name, _, attr = our_name.rpartition(".")
         setattr(model.get_submodule(module_name), attr, torch.nn.Parameter(load.read(checkpoint), requires_grad=False))

@@ -32,6 +32,7 @@ class PromptSettings(BaseModel):
     chat_template: str | None = None
     prompt_prefix: str | None = None  # bundle overrides; None derives them from the chat template
     prompt_suffix: str | None = None
+    decoder_start_id: int | None = None  # encoder-decoders: the decoder's first token (config's decoder_start_token_id)
 
     @property
     def start_id(self) -> int | None:
@@ -134,4 +135,5 @@ def resolve_prompt_settings(spec: ModelSpec, checkpoint_dir: Path) -> PromptSett
         chat_template=section.chat_template or checkpoint_template(checkpoint_dir, config),
         prompt_prefix=section.prompt_prefix,
         prompt_suffix=section.prompt_suffix,
+        decoder_start_id=found.get("decoder_start_token_id"),
     )

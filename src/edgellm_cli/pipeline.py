@@ -167,6 +167,11 @@ class Pipeline:
             "checkpoint": fetched["file_digests"],
         }
 
+    @property
+    def kind(self) -> str:
+        """decoder, encoder or encoder-decoder (Architecture.kind): the last two go to encoder_stages."""
+        return self.result("fetch").report["architecture"]["kind"]
+
     def load_decoder(self):
         from edgellm_cli.loader import Checkpoint, load_model
 
@@ -268,6 +273,10 @@ def _fetch(p: Pipeline, _: Path) -> dict:
         raise EdgeLLMError(f"checkpoint {folder.name}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {arch.vocab_size}; "
                            "fix tokenizer.file in the spec (it names another model's tokenizer)")
     check_memory(arch, p.spec.export, weight_elements(checkpoint))
+    if arch.kind != "decoder":
+        from edgellm_cli.encoder_stages import check_lengths
+
+        check_lengths(p.spec, arch)
     return {
         "checkpoint_dir": str(folder),
         "weight_elements": weight_elements(checkpoint),
@@ -278,7 +287,10 @@ def _fetch(p: Pipeline, _: Path) -> dict:
 
 
 def _verify_inputs(p: Pipeline) -> dict:
-    return {**p.model_identity(), "verify": p.spec.verify.model_dump(), "bos_id": p.result("fetch").report["prompt"]["bos_id"]}
+    fetched = p.result("fetch").report
+    # An encoder's inputs are padded to its signature lengths, so those shape its verification too.
+    lengths = {} if p.kind == "decoder" else {"sequence_lengths": p.spec.export.sequence_lengths}
+    return {**p.model_identity(), "verify": p.spec.verify.model_dump(), "bos_id": fetched["prompt"]["bos_id"], **lengths}
 
 
 def _verify(p: Pipeline, folder: Path) -> dict:
@@ -287,6 +299,10 @@ def _verify(p: Pipeline, folder: Path) -> dict:
 
     from edgellm_cli import verify
 
+    if p.kind != "decoder":
+        from edgellm_cli import encoder_stages
+
+        return encoder_stages.verify(p, folder)
     fetched = p.result("fetch").report
     tokens = verify.verification_tokens(fetched["architecture"]["vocab_size"], p.spec.verify.num_tokens, fetched["prompt"]["bos_id"])
     reference = verify.reference_logits(Path(fetched["checkpoint_dir"]), tokens)
@@ -304,11 +320,16 @@ def _convert_worker(spec: ModelSpec, fetched: dict, out: Path, log: Path) -> Non
 
     arch = Architecture.model_validate(fetched["architecture"])
     decoder = load_model(spec, arch, Checkpoint.open(Path(fetched["checkpoint_dir"])))
+    if arch.kind != "decoder":
+        from edgellm_cli import encoder_stages
+
+        return encoder_stages.convert(spec, arch, decoder, out, log)
     convert_to_tflite(decoder, spec.export.prefill_lengths, spec.export.kv_cache_length, out, log)
 
 
 def _convert(p: Pipeline, folder: Path) -> dict:
     from edgellm_cli.isolated import run_isolated
+    from edgellm_cli.tflite_file import read_signatures
 
     export, fetched = p.spec.export, p.result("fetch").report
     need = 4 * fetched["weight_elements"]
@@ -330,11 +351,13 @@ def _convert(p: Pipeline, folder: Path) -> dict:
     except EdgeLLMError as exc:
         raise (disk_full() or exc) from None
     log.unlink(missing_ok=True)
+    decoder = p.kind == "decoder"
     return {
+        **({} if decoder else {"signatures": sorted(read_signatures(folder / MODEL_FILE), key=lambda name: (len(name), name))}),
         "file": MODEL_FILE,
         "worker_peak_rss_bytes": peak,
         "size_bytes": (folder / MODEL_FILE).stat().st_size,
-        "prefill_lengths": sorted(export.prefill_lengths),
+        "prefill_lengths": sorted(export.prefill_lengths) if decoder else [],
         "kv_cache_length": export.kv_cache_length,
     }
 
@@ -348,6 +371,10 @@ def _verify_tflite(p: Pipeline, _: Path) -> dict:
 
     from edgellm_cli import verify
 
+    if p.kind != "decoder":
+        from edgellm_cli import encoder_stages
+
+        return encoder_stages.verify_tflite(p)
     verified, converted = p.result("verify"), p.result("convert")
     tokens = verified.report["tokens"]
     logits = verify.tflite_logits(converted.file, tokens)

@@ -66,11 +66,15 @@ LayerType = Literal["full_attention", "sliding_attention"]
 
 
 class Architecture(_Strict):
-    """The hyper-parameters of a decoder-only transformer; every knob has one name, one default, one comment.
+    """The hyper-parameters of a transformer; every knob has one name, one default, one comment.
 
     Most come from the checkpoint's config.json; knobs a config.json does not state (a norm's
     +1 offset, biases, parallel residual) are set by the family spec file.
     """
+
+    # What the model is: a decoder-only LM (prefill/decode), a bidirectional encoder that pools one
+    # embedding per text (BERT, MiniLM; embed_N), or an encoder-decoder (T5; encode_N/decode).
+    kind: Literal["decoder", "encoder", "encoder-decoder"] = "decoder"
 
     # Size
     vocab_size: int = Field(gt=0)
@@ -91,6 +95,7 @@ class Architecture(_Strict):
     parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm(x)), one norm shared by both
     post_attention_norm: bool = False  # a norm on the attention output before the residual add
     post_mlp_norm: bool = False  # likewise on the MLP output
+    norm_placement: Literal["pre", "post"] = "pre"  # post: norm(x + sublayer(x)), BERT's order (encoders only)
 
     # Attention: num_heads query heads share num_kv_heads key/value heads (GQA; MQA when 1)
     #   q heads:  0 1 | 2 3 | 4 5 | 6 7
@@ -115,8 +120,19 @@ class Architecture(_Strict):
 
     # MLP
     mlp: Literal["gated", "plain"] = "gated"  # gated: down(act(gate(x)) * up(x)); plain: down(act(up(x)))
-    activation: Literal["silu", "gelu", "gelu_tanh"] = "silu"
+    activation: Literal["silu", "gelu", "gelu_tanh", "relu"] = "silu"
     mlp_bias: bool = False
+
+    # Encoders (kind encoder / encoder-decoder); see layers/encoder.py and layers/t5.py
+    position_embedding: Literal["rope", "learned", "relative"] = "rope"  # learned: an absolute table (BERT); relative: T5's bucketed bias
+    type_vocab_size: int = Field(default=0, ge=0)  # token-type (segment) embeddings; every token is type 0
+    embedding_norm: bool = False  # a norm on the summed embeddings, before the first block (BERT)
+    pooling: Literal["mean", "cls"] | None = None  # encoder: token states -> one embedding (sentence-transformers' 1_Pooling)
+    normalize_embedding: bool = False  # encoder: L2-normalise the pooled embedding (a Normalize module in modules.json)
+    relative_attention_num_buckets: int = Field(default=32, gt=1)  # relative: buckets of the learned per-head bias
+    relative_attention_max_distance: int = Field(default=128, gt=1)  # relative: distances from here on share the last bucket
+    num_decoder_layers: int | None = Field(default=None, gt=0)  # encoder-decoder: decoder blocks (default num_layers)
+    scale_decoder_outputs: bool = False  # multiply the final state by hidden_size ** -0.5 before the output head (T5, tied)
 
     @model_validator(mode="after")
     def _consistent(self) -> Architecture:
@@ -146,6 +162,13 @@ def architecture_problem(values: dict) -> str | None:
         return "layer_types has sliding_attention layers but sliding_window is not set"
     if values.get("parallel_residual") and (values.get("post_attention_norm") or values.get("post_mlp_norm")):
         return "parallel_residual cannot be combined with post_attention_norm or post_mlp_norm"
+    kind = values.get("kind")
+    if kind == "encoder" and values.get("norm_placement") == "pre":
+        return "encoders are post-norm (BERT) for now; set norm_placement: post"
+    if kind == "encoder" and "pooling" in values and values["pooling"] is None:
+        return "an encoder needs pooling (mean or cls); set it, or give the checkpoint's 1_Pooling/config.json"
+    if kind == "decoder" and (values.get("norm_placement") == "post" or values.get("position_embedding") not in (None, "rope")):
+        return "norm_placement post and learned or relative position embeddings are for encoders; set kind"
     return None
 
 
@@ -209,13 +232,17 @@ class TokenizerSection(_Strict):
 class ExportSection(_Strict):
     prefill_lengths: list[int] = Field(default=[32], min_length=1)
     kv_cache_length: int = Field(default=512, gt=0, le=1 << 20)  # beyond a million positions no phone has the memory
+    # Encoders and encoder-decoders: one embed_N / encode_N signature per input length N (decoders ignore it).
+    sequence_lengths: list[int] = Field(default=[128], min_length=1)
 
     @model_validator(mode="after")
     def _prefill_fits(self) -> ExportSection:
         if any(n <= 0 or n > self.kv_cache_length for n in self.prefill_lengths):
             raise ValueError(f"prefill_lengths must each be in 1..kv_cache_length ({self.kv_cache_length})")
-        if len(set(self.prefill_lengths)) != len(self.prefill_lengths):
-            raise ValueError("prefill_lengths must not repeat")
+        for name in ("prefill_lengths", "sequence_lengths"):
+            lengths = getattr(self, name)
+            if len(set(lengths)) != len(lengths) or min(lengths) <= 0:
+                raise ValueError(f"{name} must be positive and must not repeat")
         return self
 
 
@@ -223,6 +250,7 @@ class VerifySection(_Strict):
     num_tokens: int = Field(default=32, gt=0)
     max_abs_logit_diff: float = Field(default=1e-3, gt=0)
     min_top1_agreement: float = Field(default=1.0, ge=0, le=1)
+    min_cosine: float = Field(default=0.9999, ge=-1, le=1)  # encoders: pooled embeddings against the reference
 
 
 class TensorRule(_Strict):
@@ -354,12 +382,12 @@ def is_family_file(path: str | Path) -> bool:
 
 _HF_KEYS = {
     "vocab_size": "vocab_size",
-    "hidden_size": "hidden_size",
-    "num_layers": "num_hidden_layers",
-    "intermediate_size": "intermediate_size",
-    "num_heads": "num_attention_heads",
+    "hidden_size": ("hidden_size", "d_model"),  # T5: d_model
+    "num_layers": ("num_hidden_layers", "num_layers"),  # T5: num_layers
+    "intermediate_size": ("intermediate_size", "d_ff"),  # T5: d_ff
+    "num_heads": ("num_attention_heads", "num_heads"),  # T5: num_heads
     "num_kv_heads": "num_key_value_heads",
-    "head_dim": "head_dim",
+    "head_dim": ("head_dim", "d_kv"),  # T5: d_kv
     "max_position_embeddings": "max_position_embeddings",
     "tie_word_embeddings": "tie_word_embeddings",
     "mlp_bias": "mlp_bias",
@@ -367,11 +395,16 @@ _HF_KEYS = {
     "attention_out_bias": "attention_bias",
     "attn_logit_softcap": "attn_logit_softcapping",
     "final_logit_softcap": "final_logit_softcapping",
-    "norm_eps": ("rms_norm_eps", "layer_norm_eps"),
-    "activation": ("hidden_activation", "hidden_act"),
+    "norm_eps": ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"),
+    "type_vocab_size": "type_vocab_size",
+    "relative_attention_num_buckets": "relative_attention_num_buckets",
+    "relative_attention_max_distance": "relative_attention_max_distance",
+    "num_decoder_layers": "num_decoder_layers",
+    "scale_decoder_outputs": "scale_decoder_outputs",
+    "activation": ("hidden_activation", "hidden_act", "dense_act_fn"),
 }
 
-_HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+_HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "relu": "relu"}
 
 
 def _first(config: dict, keys: str | tuple[str, ...]):
@@ -421,6 +454,8 @@ def architecture_from_hf_config(config: dict) -> dict:
         arch.setdefault("num_kv_heads", arch["num_heads"])
     if config.get("query_pre_attn_scalar"):
         arch["attention_scale"] = config["query_pre_attn_scalar"] ** -0.5
+    if "is_gated_act" in config:  # T5's feed_forward_proj: gated-gelu or relu
+        arch["mlp"] = "gated" if config["is_gated_act"] else "plain"
     return {**arch, **_rope_from_hf(config), **_attention_from_hf(config, arch.get("num_layers"))}
 
 
@@ -439,6 +474,10 @@ def read_hf_config(path: Path) -> dict:
 def resolve_architecture(spec: ModelSpec, checkpoint_dir: Path) -> Architecture:
     """The spec's architecture, filled in from the checkpoint's config.json where it says so."""
     fields = architecture_from_hf_config(read_hf_config(checkpoint_dir)) if spec.architecture.from_config else {}
+    if spec.architecture.overrides.get("kind") == "encoder":
+        from edgellm_cli.encoder_config import sentence_pooling
+
+        fields.update(sentence_pooling(checkpoint_dir))
     fields.update(spec.architecture.overrides)
     try:
         return Architecture.model_validate(fields)

@@ -24,11 +24,15 @@ FAMILY_SPECS = {
     "Gemma3ForCausalLM": "_hf-gemma3.yaml",
     "PhiForCausalLM": "_hf-phi.yaml",
     "Phi3ForCausalLM": "_hf-phi3.yaml",
+    "BertModel": "_hf-bert.yaml",
+    "T5ForConditionalGeneration": "_hf-t5.yaml",
 }
+# Classes that are not decoder-only LMs export other signatures (embed_N; encode_N and decode).
+KINDS = {"BertModel": "encoder", "T5ForConditionalGeneration": "encoder-decoder"}
 
 
 def _tokenizer_file(folder: Path) -> str:
-    for name in ("tokenizer.model", "tokenizer.json"):
+    for name in ("tokenizer.model", "tokenizer.json", "spiece.model"):
         if (folder / name).is_file():
             return name
     return "tokenizer.json"
@@ -44,6 +48,19 @@ def _adds_bos(folder: Path, tokenizer_file: str) -> bool:
     return tokenizer_file == "tokenizer.model"
 
 
+def _export_section(cls: str, arch: dict, folder: Path) -> str:
+    """The export settings a draft starts from: prefill/KV lengths, or an encoder's sequence lengths."""
+    if KINDS.get(cls) == "encoder":
+        from edgellm_cli.encoder_config import max_seq_length
+
+        longest = min(max_seq_length(folder) or 512, arch.get("max_position_embeddings", 512))
+        return f"export:\n  sequence_lengths: {sorted({min(n, longest) for n in (16, 64, longest)})}\n"
+    if KINDS.get(cls) == "encoder-decoder":
+        return "export:\n  sequence_lengths: [32, 128]\n  kv_cache_length: 128\n"
+    kv = min(1024, arch.get("max_position_embeddings", 1024))
+    return f"export:\n  prefill_lengths: {sorted({min(32, kv), min(128, kv)})}\n  kv_cache_length: {kv}\n"
+
+
 def draft_specs(source: Path, output: Path) -> list[Path]:
     """Write one spec per supported class in the checkpoint's `architectures`; returns the files written."""
     source = source.resolve()
@@ -57,7 +74,6 @@ def draft_specs(source: Path, output: Path) -> list[Path]:
             f"supported: {', '.join(sorted(FAMILY_SPECS))}"
         )
     arch = architecture_from_hf_config(config)
-    kv = min(1024, arch.get("max_position_embeddings", 1024))
     tokenizer = _tokenizer_file(folder)
     name = re.sub(r"[^a-z0-9.]+", "-", folder.name.lower()).strip("-") or "model"
     written = []
@@ -69,9 +85,9 @@ def draft_specs(source: Path, output: Path) -> list[Path]:
             f"extends: {FAMILY_SPECS[cls]}\n"
             f"name: {name}\n"
             f"source:\n  path: {os.path.relpath(folder, path.parent.resolve())}\n"
-            f"tokenizer:\n  file: {tokenizer}\n  add_bos: {str(_adds_bos(folder, tokenizer)).lower()}\n"
-            f"export:\n  prefill_lengths: [{min(32, kv)}, {min(128, kv)}]\n  kv_cache_length: {kv}\n"
-        ).replace(f"[{min(32, kv)}, {min(32, kv)}]", f"[{min(32, kv)}]")
+            f"tokenizer:\n  file: {tokenizer}\n  add_bos: {str(cls not in KINDS and _adds_bos(folder, tokenizer)).lower()}\n"
+            f"{_export_section(cls, arch, folder)}"
+        )
         staging = path.with_name(f".{path.name}.tmp")
         staging.write_text(text)
         try:

@@ -145,3 +145,22 @@ def check_generative(path: Path, prefill_logits: bool = True) -> dict[str, Signa
         if "logits" not in signatures[name].outputs and (prefill_logits or name == "decode"):
             raise EdgeLLMError(f"{path}: signature {name} has no logits output; it does not follow the prefill/decode convention")
     return signatures
+
+
+def model_kind(path: Path) -> str:
+    """decoder (prefill_N / decode), encoder (embed_N) or encoder-decoder (encode_N / decode), from the signatures."""
+    names = read_signatures(path)
+    if any(re.fullmatch(r"embed_\d+", n) for n in names):
+        return "encoder"
+    if any(re.fullmatch(r"encode_\d+", n) for n in names):
+        return "encoder-decoder"
+    return "decoder"
+
+
+def refuse_kind(path: Path, command: str, supported: tuple[str, ...]) -> str:
+    """The model's kind, or a one-line refusal when `command` does not handle it."""
+    kind = model_kind(path)
+    if kind not in supported:
+        raise EdgeLLMError(f"{path}: `edgellm {command}` does not handle {kind} models (it handles {', '.join(supported)}); "
+                           f"use `edgellm {'run' if kind == 'encoder-decoder' else 'embed'}` for this one")
+    return kind
