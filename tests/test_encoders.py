@@ -18,29 +18,33 @@ EXAMPLE = ["The weather is lovely today.", "It's so sunny outside!", "He drove t
 T5_PROMPTS = ["First Citizen:", "What say you to the king?", "O Romeo", "Before we proceed any further, hear me speak."]
 
 
-def _comparisons(report: dict) -> dict:
+def signatures_and_comparisons(report: dict) -> tuple[list[str], dict]:
+    """The converted model's signatures, and every verification stage's comparisons (all three expected)."""
+    convert = next(s for s in report["stages"] if s["stage"] == "convert")
     found = {}
     for stage in report["stages"]:
         found.update(stage.get("comparisons", {}))
-    return found
+    assert set(found) == {"reauthored_vs_transformers", "tflite_vs_transformers", "tflite_vs_reauthored"}
+    return convert["signatures"], found
+
+
+def build(root: Path, *args: str) -> tuple[Path, dict]:
+    """`edgellm build ARGS -o ROOT/out --json` with a cache in ROOT; the folder and the report."""
+    result = run_cli("build", *args, "-o", str(root / "out"), "--json", cache=root / "cache")
+    assert result.code == 0, result.stderr
+    return root, json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
     if not (MINILM / "modules.json").is_file():
         pytest.skip(f"the real all-MiniLM-L6-v2 folder is absent at {MINILM}; run ../shared/tools/get_real_models.sh {MINILM.parent}")
-    root = tmp_path_factory.mktemp("minilm")
-    result = run_cli("build", "--spec", "all-minilm-l6-v2", "--checkpoint", str(MINILM), "-o", str(root / "out"), "--json", cache=root / "cache")
-    assert result.code == 0, result.stderr
-    return root, json.loads(result.stdout)
+    return build(tmp_path_factory.mktemp("minilm"), "--spec", "all-minilm-l6-v2", "--checkpoint", str(MINILM))
 
 
 def test_minilm_build_verifies_pooled_embeddings_against_transformers(minilm):
-    _, report = minilm
-    convert = next(s for s in report["stages"] if s["stage"] == "convert")
-    assert convert["signatures"] == ["embed_16", "embed_64", "embed_256"]
-    comparisons = _comparisons(report)
-    assert set(comparisons) == {"reauthored_vs_transformers", "tflite_vs_transformers", "tflite_vs_reauthored"}
+    signatures, comparisons = signatures_and_comparisons(minilm[1])
+    assert signatures == ["embed_16", "embed_64", "embed_256"]
     for name, metrics in comparisons.items():
         assert metrics["min_cosine"] >= 0.9999, name
         assert metrics["inputs"] == 3
@@ -126,17 +130,12 @@ def t5(tmp_path_factory):
     make_tiny_t5(root / "tiny-t5")
     drafted = run_cli("spec", "init", "--from", str(root / "tiny-t5"), "-o", str(root / "tiny-t5.yaml"), cache=root / "cache")
     assert drafted.code == 0, drafted.stderr
-    result = run_cli("build", "--spec", str(root / "tiny-t5.yaml"), "-o", str(root / "out"), "--json", cache=root / "cache")
-    assert result.code == 0, result.stderr
-    return root, json.loads(result.stdout)
+    return build(root, "--spec", str(root / "tiny-t5.yaml"))
 
 
 def test_t5_builds_and_verifies_against_transformers(t5):
-    _, report = t5
-    convert = next(s for s in report["stages"] if s["stage"] == "convert")
-    assert convert["signatures"] == ["decode", "encode_32", "encode_128"]
-    comparisons = _comparisons(report)
-    assert set(comparisons) == {"reauthored_vs_transformers", "tflite_vs_transformers", "tflite_vs_reauthored"}
+    signatures, comparisons = signatures_and_comparisons(t5[1])
+    assert signatures == ["decode", "encode_32", "encode_128"]
     for name, metrics in comparisons.items():
         assert metrics["max_abs_logit_diff"] <= 1e-3 and metrics["top1_agreement"] == 1.0, name
 

@@ -23,7 +23,7 @@ from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.metadata import model_metadata
 from edgellm_cli.quiet import native_output_to
 from edgellm_cli.tflite_file import check_generative
-from edgellm_cli.tokenizer import TextStream, load_tokenizer
+from edgellm_cli.tokenizer import load_tokenizer, stream_text
 from edgellm_cli.weight_cache import weight_cache
 
 
@@ -399,16 +399,8 @@ class Generator:
 
     def stream(self, session: Session, max_tokens: int, tokens: list[int] | None = None) -> Iterator[str]:
         """Text generated after the session's history, as it becomes final; each id also goes to `tokens`."""
-        stream = TextStream(self.tokenizer, self.stop_strings, context=session.history)
-        for token in session.generate(max_tokens, self.sampler, self.stop_ids):
-            if tokens is not None:
-                tokens.append(token)
-            if piece := stream.push(token):
-                yield piece
-            if stream.stopped:
-                break
-        if tail := stream.flush():
-            yield tail
+        ids = session.generate(max_tokens, self.sampler, self.stop_ids)
+        yield from stream_text(self.tokenizer, ids, self.stop_strings, session.history, tokens)
 
 
 class Chat:

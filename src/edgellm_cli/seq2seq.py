@@ -21,7 +21,7 @@ from edgellm_cli.metadata import model_metadata
 from edgellm_cli.quiet import native_output_to
 from edgellm_cli.runtime import Sampler, valid_text
 from edgellm_cli.tflite_file import read_signatures
-from edgellm_cli.tokenizer import TextStream, load_tokenizer
+from edgellm_cli.tokenizer import load_tokenizer, stream_text
 
 
 @dataclass
@@ -114,12 +114,5 @@ class Seq2SeqGenerator:
 
     def stream(self, text: str, max_tokens: int, tokens: list[int]) -> Iterator[str]:
         """The generated text as it becomes final; each id also goes to `tokens`."""
-        stream = TextStream(self.tokenizer, self.stop_strings)
-        for token in generate(self.model, self.input_ids(text), self.start_id, max_tokens, self.sampler, self.stop_ids):
-            tokens.append(token)
-            if piece := stream.push(token):
-                yield piece
-            if stream.stopped:
-                break
-        if tail := stream.flush():
-            yield tail
+        ids = generate(self.model, self.input_ids(text), self.start_id, max_tokens, self.sampler, self.stop_ids)
+        yield from stream_text(self.tokenizer, ids, self.stop_strings, seen=tokens)

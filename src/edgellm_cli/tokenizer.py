@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -333,3 +334,17 @@ class TextStream:
         piece, self._pending = self._pending[:cut], self._pending[cut:]
         self._emitted.append(piece)
         return piece
+
+
+def stream_text(tokenizer: Tokenizer, ids: Iterable[int], stop_strings: list[str] = (), context: list[int] = (), seen: list[int] | None = None) -> Iterator[str]:
+    """The text of generated `ids` as it becomes final, up to a stop string; each id also goes to `seen`."""
+    stream = TextStream(tokenizer, stop_strings, context)
+    for token in ids:
+        if seen is not None:
+            seen.append(token)
+        if piece := stream.push(token):
+            yield piece
+        if stream.stopped:
+            return
+    if tail := stream.flush():
+        yield tail
