@@ -164,3 +164,20 @@ def refuse_kind(path: Path, command: str, supported: tuple[str, ...]) -> str:
         raise EdgeLLMError(f"{path}: `edgellm {command}` does not handle {kind} models (it handles {', '.join(supported)}); "
                            f"use `edgellm {'run' if kind == 'encoder-decoder' else 'embed'}` for this one")
     return kind
+
+
+def stores_weights_narrower_than_computed(path: Path) -> bool:
+    """Whether weights are stored in a narrower type than the CPU computes with (float16, or int8
+    dequantized before a float op): XNNPack then packs them as float32, several times their size."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        flat = schema.Model.GetRootAs(data, 0)
+        codes = {flat.OperatorCodes(i).BuiltinCode() for i in range(flat.OperatorCodesLength())}
+        if schema.BuiltinOperator.DEQUANTIZE in codes:
+            return True
+        return any(
+            flat.Subgraphs(s).Tensors(t).Type() == schema.TensorType.FLOAT16
+            for s in range(flat.SubgraphsLength())
+            for t in range(flat.Subgraphs(s).TensorsLength())
+        )

@@ -38,9 +38,10 @@ IN_MEMORY = ":memory"  # XNNPack's own name for a cache in anonymous memory
 # XNNPack's file header (tflite/delegates/xnnpack/weight_cache.h, XNNPackCacheHeader): version,
 # offset and size of the buffer list (which ends the file), then the stale flag.
 _HEADER = struct.Struct("<QQQB")
-# Packed weights can be several times the file (fp16 and int8-weight-only weights are packed as
-# float32), and XNNPack aborts on a full disk: build a file only with this much room to spare.
-_ROOM_FACTOR, _ROOM_MARGIN = 4, 256 << 20
+# Packed weights are about the file's size, or several times it when weights are stored narrower
+# than computed (fp16, int8-weight-only: packed as float32); XNNPack aborts on a full disk, so a
+# file is built only with this much room to spare.
+_ROOM_FACTOR, _NARROW_ROOM_FACTOR, _ROOM_MARGIN = 1.5, 4, 256 << 20
 _BUILDING = ".building-"
 _ABANDONED_AFTER_S = 24 * 3600
 
@@ -123,8 +124,11 @@ class WeightCache:
 
 def weight_cache(model: Path) -> WeightCache | None:
     """The weight cache to load `model` with; None for none at all."""
+    from edgellm_cli.tflite_file import stores_weights_narrower_than_computed
+
     mode = os.environ.get("EDGELLM_WEIGHT_CACHE", "").strip().lower()
-    room = _ROOM_FACTOR * model.stat().st_size + _ROOM_MARGIN
+    factor = _NARROW_ROOM_FACTOR if stores_weights_narrower_than_computed(model) else _ROOM_FACTOR
+    room = int(factor * model.stat().st_size) + _ROOM_MARGIN
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if mode in ("off", "0", "no", "false") or limit != resource.RLIM_INFINITY and limit < room:
         return None  # XNNPack aborts at a file size limit, even for the in-memory cache
