@@ -70,9 +70,9 @@ def test_spec_init_draft_builds_and_verifies_unedited(tiny, tmp_path):
 
 
 def test_spec_init_refuses_an_unsupported_class_and_lists_the_supported(tmp_path):
-    (tmp_path / "config.json").write_text('{"architectures": ["BertModel"], "model_type": "bert"}')
+    (tmp_path / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}')
     result = run_cli("spec", "init", "--from", str(tmp_path), cache=tmp_path / "cache")
-    assert result.code == 2 and "BertModel" in result.stderr and ", ".join(sorted(FAMILY_SPECS)) in result.stderr
+    assert result.code == 2 and "GPT2LMHeadModel" in result.stderr and ", ".join(sorted(FAMILY_SPECS)) in result.stderr
     assert not list(tmp_path.glob("*.yaml"))
 
 
