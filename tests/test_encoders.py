@@ -13,6 +13,8 @@ from edgellm_cli.encoder_config import sentence_pooling
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.spec import load_spec
 
+pytestmark = pytest.mark.slow  # builds a real MiniLM and a tiny T5: make test runs them, make test-fast does not
+
 MINILM = Path.home() / ".cache" / "edgellm-real-models" / "all-minilm-l6-v2"
 EXAMPLE = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
 T5_PROMPTS = ["First Citizen:", "What say you to the king?", "O Romeo", "Before we proceed any further, hear me speak."]

@@ -35,6 +35,7 @@ def key_with_package(package: Path, stage: str, cache_dir: Path) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_editing_a_layer_changes_the_convert_key(tmp_path):
     original, changed = tmp_path / "a" / "edgellm_cli", tmp_path / "b" / "edgellm_cli"
     for copy in (original, changed):

@@ -118,6 +118,7 @@ def test_bad_recipe_on_the_cli_leaves_no_artifact(stories_build, tmp_path, recip
     assert cache_files(cache) == [] and not (tmp_path / "q.tflite").exists()
 
 
+@pytest.mark.slow
 def test_an_all_zero_weight_block_still_loads_and_runs_at_int4(demo_copy, tmp_path, cache):
     from safetensors.torch import load_file, save_file
 

@@ -192,7 +192,8 @@ COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "random", "header-only"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", pytest.param("random", marks=pytest.mark.slow),
+                                    pytest.param("header-only", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_damaged_models_are_refused_before_native_code_sees_them(damaged_models, tmp_path, command, damage):
     model, out = damaged_models[damage], tmp_path / "out.bin"
