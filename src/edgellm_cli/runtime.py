@@ -119,9 +119,8 @@ class LiteRTModel:
         finally:
             if cache is not None:
                 cache.discard()  # what it did not finish (nothing once committed)
+        # check_generative made sure there are a decode and some prefill_N signatures
         prefill = {int(m.group(1)): name for name in signatures if (m := re.fullmatch(r"prefill_(\d+)", name))}
-        if "decode" not in signatures or not prefill:
-            raise EdgeLLMError(f"{path}: expected signatures prefill_<N> and decode, found {sorted(signatures)}; convert it with edgellm")
         self.prefill_signatures = {n: name for n, name in sorted(prefill.items()) if max_prefill is None or n <= max_prefill}
         if not self.prefill_signatures:
             raise EdgeLLMError(f"no prefill signature is at most {max_prefill} tokens (the model has {sorted(prefill)})")

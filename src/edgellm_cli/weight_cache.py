@@ -122,15 +122,19 @@ class WeightCache:
             self.building = None
 
 
-def weight_cache(model: Path) -> WeightCache | None:
-    """The weight cache to load `model` with; None for none at all."""
+def _room(model: Path) -> int:
+    """Bytes a cache file for `model` may take (reading the model's tensor types: only when it is needed)."""
     from edgellm_cli.tflite_file import stores_weights_narrower_than_computed
 
-    mode = os.environ.get("EDGELLM_WEIGHT_CACHE", "").strip().lower()
     factor = _NARROW_ROOM_FACTOR if stores_weights_narrower_than_computed(model) else _ROOM_FACTOR
-    room = int(factor * model.stat().st_size) + _ROOM_MARGIN
+    return int(factor * model.stat().st_size) + _ROOM_MARGIN
+
+
+def weight_cache(model: Path) -> WeightCache | None:
+    """The weight cache to load `model` with; None for none at all."""
+    mode = os.environ.get("EDGELLM_WEIGHT_CACHE", "").strip().lower()
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if mode in ("off", "0", "no", "false") or limit != resource.RLIM_INFINITY and limit < room:
+    if mode in ("off", "0", "no", "false") or limit != resource.RLIM_INFINITY and limit < _room(model):
         return None  # XNNPack aborts at a file size limit, even for the in-memory cache
     if mode == "memory":
         return WeightCache(IN_MEMORY)
@@ -151,7 +155,7 @@ def weight_cache(model: Path) -> WeightCache | None:
         except OSError:
             pass
     try:
-        if shutil.disk_usage(folder).free < room:
+        if shutil.disk_usage(folder).free < _room(model):
             return WeightCache(IN_MEMORY, digest=digest, memo=memo)
         building = folder / f"{_BUILDING}{key}-{uuid.uuid4().hex[:8]}"
         os.close(os.open(building, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
