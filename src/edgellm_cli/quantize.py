@@ -210,6 +210,8 @@ def _scale_vectors(flat, schema):
     of their own."""
     import numpy as np
 
+    from edgellm_cli.tflite_file import inline_data
+
     for s in range(flat.SubgraphsLength()):
         subgraph = flat.Subgraphs(s)
         for t in range(subgraph.TensorsLength()):
@@ -223,11 +225,10 @@ def _scale_vectors(flat, schema):
                 details = schema.BlockwiseQuantization()
                 details.Init(quantization.Details().Bytes, quantization.Details().Pos)
                 scales = subgraph.Tensors(details.Scales())
-                buffer = flat.Buffers(scales.Buffer())
-                field = buffer._tab.Offset(4)
-                if field:
+                inline = inline_data(flat.Buffers(scales.Buffer()))
+                if inline:
                     dtype = np.float16 if scales.Type() == schema.TensorType.FLOAT16 else np.float32
-                    yield buffer._tab.Vector(field), buffer._tab.VectorLen(field) // np.dtype(dtype).itemsize, dtype
+                    yield inline[0], inline[1] // np.dtype(dtype).itemsize, dtype
 
 
 def repair_zero_scales(path: Path) -> int:

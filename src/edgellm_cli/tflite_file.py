@@ -31,6 +31,13 @@ class _Damaged(Exception):
     """A structural fault, described for the one-line error."""
 
 
+def inline_data(buffer) -> tuple[int, int] | None:
+    """Where a buffer's data lies inside the flatbuffer (start, bytes), or None when it has none
+    there (no data, or data stored after the flatbuffer)."""
+    field = buffer._tab.Offset(4)  # `data: [ubyte]`
+    return (buffer._tab.Vector(field), buffer._tab.VectorLen(field)) if field else None
+
+
 def _count(length: int, element_bytes: int, size: int, what: str) -> int:
     """A vector length that fits in the file (a damaged length could ask for billions of reads)."""
     if length < 0 or length * element_bytes > size:
@@ -45,9 +52,9 @@ def _check_buffers(flat, size: int) -> int:
         offset, length = buffer.Offset(), buffer.Size()
         if offset > 1 and offset + length > size:  # weights stored after the flatbuffer
             raise _Damaged(f"buffer {i} ends at byte {offset + length}, past the end of the file")
-        field = buffer._tab.Offset(4)  # inline data: a vector inside the flatbuffer
-        if field:
-            start, inline = buffer._tab.Vector(field), buffer._tab.VectorLen(field)
+        inline = inline_data(buffer)
+        if inline:
+            start, inline = inline
             if start + inline > size:
                 raise _Damaged(f"buffer {i} ends at byte {start + inline}, past the end of the file")
     return count
