@@ -136,7 +136,19 @@ def _summary(result) -> str:
     if result.stage == "quantize":
         fallback = f", {len(report['block_fallbacks'])} weights per channel (not divisible into blocks)" if report["block_fallbacks"] else ""
         agreement = f", top-1 {report['top1_agreement_with_float']:.0%} of float's" if "top1_agreement_with_float" in report else ""
-        return f"{report['recipe']}: {report['size_before'] / 1e6:.2f} MB -> {report['size_after'] / 1e6:.2f} MB ({report['ratio']:.1%}){agreement}{fallback}"
+        gptq = f", GPTQ on {report['gptq_weights']} weights" if report.get("gptq_weights") else ""
+        if "held_out_ppl_ratio" in report:
+            gptq += f", perplexity ratio {report['held_out_ppl_ratio']:.4f} on held-out calibration text"
+        return f"{report['recipe']}: {report['size_before'] / 1e6:.2f} MB -> {report['size_after'] / 1e6:.2f} MB ({report['ratio']:.1%}){agreement}{gptq}{fallback}"
+    if result.stage == "sensitivity":
+        costs = report["int4_costs"].values()
+        return f"{len(report['groups'])} layer groups, int4 costs {min(costs):.4f}..{max(costs):.4f} nats/token"
+    if result.stage == "search":
+        chosen = report["chosen"]
+        return (f"{len(chosen['int4_groups'])} of {len(report['frontier']) - 1} groups int4, perplexity ratio {chosen['measured_ppl_ratio']:.4f} "
+                f"(weights only, budget {report['max_ppl_ratio']:g})")
+    if result.stage == "calibrate":
+        return f"{report['windows']} windows, {report['tokens']} tokens, Hessians of {report['weights']} weights"
     if result.stage.startswith("bundle-"):
         return f"{report['size_bytes'] / 1e6:.2f} MB, start {report['start_token']!r}, stop {report['stop_tokens']}"
     if result.stage == "export":
@@ -184,13 +196,16 @@ def cli() -> None:
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Write model.tflite, tokenizer and edgellm.json here (default: build/<spec name>).")
 @click.option("--recipe", help="Then quantize with this recipe (a name from `edgellm recipes list`, or a YAML file).")
 @click.option("--bundle", "bundle_formats", multiple=True, type=BundleFormat(), help="Then bundle the output for this runtime (repeatable).")
-def build(spec_path, checkpoint, token, offline, as_json, output, recipe, bundle_formats) -> None:
+@click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Text that calibrates a recipe's gptq rules (default: the shipped recipes/calibration.txt).")
+def build(spec_path, checkpoint, token, offline, as_json, output, recipe, bundle_formats, calibration) -> None:
     """Run fetch -> verify -> convert -> verify-tflite (-> quantize -> bundle), skipping stages already cached."""
     from edgellm_cli.quantize import load_recipe
 
     output = output or Path("build") / _load_spec(spec_path).name
     loaded = load_recipe(recipe) if recipe is not None else None
-    _run_spec_stages(spec_path, None, as_json, checkpoint=checkpoint, token=token, offline=offline, recipe=loaded, formats=bundle_formats, output=output)
+    _run_spec_stages(spec_path, None, as_json, checkpoint=checkpoint, token=token, offline=offline, recipe=loaded, formats=bundle_formats, output=output,
+                     calibration=calibration)
 
 
 @cli.command(epilog="\b\nExample:\n  HF_HUB_OFFLINE=1 edgellm fetch --spec model_specs/MODEL.yaml")
@@ -419,23 +434,62 @@ def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_j
     Console().print(table)
 
 
-@cli.command(epilog="\b\nExamples:\n  edgellm quantize build/stories260k/model.tflite --recipe int8-dynamic\n  edgellm quantize model.tflite --recipe my-recipe.yaml -o model-q.tflite --json")
+@cli.command(epilog="\b\nExamples:\n  edgellm quantize build/stories260k/model.tflite --recipe int8-dynamic\n"
+             "  edgellm quantize model.tflite --recipe int4 --calibration my-text.txt\n"
+             "  edgellm quantize model.tflite --search --max-ppl-ratio 1.05\n  edgellm quantize model.tflite --recipe my-recipe.yaml -o model-q.tflite --json")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--recipe", required=True, help="A name from `edgellm recipes list`, or a YAML recipe file.")
+@click.option("--recipe", help="A name from `edgellm recipes list`, or a YAML recipe file.")
+@click.option("--search", is_flag=True, help="Instead of a recipe: find the smallest int4/int8 mix of layer groups within --max-ppl-ratio, "
+              "and write it as a recipe file beside the output.")
+@click.option("--max-ppl-ratio", type=click.FloatRange(min=1.0, min_open=True), default=1.05, show_default=True,
+              help="--search's budget: perplexity over the float model's, on held-out calibration text.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write it (default: MODEL-<recipe>.tflite beside MODEL).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def quantize(model, recipe, output, as_json) -> None:
-    """Quantize a .tflite with a recipe; every signature and I/O name is kept."""
+@click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Text that calibrates a recipe's gptq rules (default: the shipped recipes/calibration.txt).")
+@click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="For calibration (default: the one named by edgellm.json beside MODEL).")
+def quantize(model, recipe, search, max_ppl_ratio, output, as_json, calibration, tokenizer) -> None:
+    """Quantize a .tflite with a recipe; every signature and I/O name is kept. Recipes with gptq
+    rules first run the model on calibration text (a cached stage)."""
     from edgellm_cli.files import publish
-    from edgellm_cli.quantize import load_recipe
+    from edgellm_cli.quantize import Recipe, load_recipe
 
-    loaded = load_recipe(recipe)
-    result = _pipeline(_Progress(model.name, as_json, "quantize"), model=model, recipe=loaded).result("quantize")
-    output = publish(result.file, output or model.with_name(f"{model.stem}-{loaded.name}.tflite"))
+    if (recipe is None) == (not search):
+        raise click.UsageError("give either --recipe NAME or --search")
+    pipeline = _pipeline(_Progress(model.name, as_json, "quantize"), model=model, recipe=load_recipe(recipe) if recipe else None,
+                         calibration=calibration, tokenizer=tokenizer, max_ppl_ratio=max_ppl_ratio if search else None)
+    searched = pipeline.result("search") if search else None
+    if searched is not None:
+        pipeline.recipe = Recipe.model_validate(searched.report["recipe"])
+    result = pipeline.result("quantize")
+    output = publish(result.file, output or model.with_name(f"{model.stem}-{pipeline.recipe.name}.tflite"))
+    recipe_file = publish(searched.file, output.with_suffix(".yaml")) if searched is not None else None
     if as_json:
-        emit_json({**result.as_json(), "output": str(output)})
+        extra = {"recipe_file": str(recipe_file), "search": searched.report} if searched is not None else {}
+        emit_json({**result.as_json(), "output": str(output), **extra})
         return
+    if searched is not None:
+        _print_frontier(searched.report, result.report)
+        click.echo(recipe_file)
     click.echo(output)
+
+
+def _print_frontier(search: dict, quantized: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    points = search["frontier"]
+    shown = sorted({*range(0, len(points), max(1, len(points) // 10)), len(points) - 1,
+                    *(i for i, p in enumerate(points) if "measured_ppl_ratio" in p)})
+    table = Table("int4 groups", "grouped weights", "predicted ppl ratio", "measured (weights only)",
+                  title=f"size-accuracy frontier, budget {search['max_ppl_ratio']:g}")
+    for i in shown:
+        p = points[i]
+        measured = f"{p['measured_ppl_ratio']:.4f}" if "measured_ppl_ratio" in p else ""
+        table.add_row(f"{len(p['int4_groups'])}/{len(points) - 1}", f"{p['grouped_bytes'] / 1e6:.1f} MB", f"{p['predicted_ppl_ratio']:.4f}", measured)
+    Console().print(table)
+    click.echo(f"chosen: {len(search['chosen']['int4_groups'])} groups in int4; the quantized model: {quantized['size_after'] / 1e6:.2f} MB "
+               f"({quantized['ratio']:.1%} of float), perplexity ratio {quantized['held_out_ppl_ratio']:.4f} on held-out calibration text")
 
 
 @cli.command(epilog="\b\nExamples:\n  edgellm bundle build/stories260k/model.tflite --format litertlm\n  edgellm bundle build/stories260k/model.tflite --format task -o stories.task")
@@ -511,9 +565,12 @@ def inspect(path, as_json) -> None:
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="Default: the one named by edgellm.json beside the first model.")
 @click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(min=2), help="Evaluate the first N tokens of the corpus.")
 @click.option("--window", type=click.IntRange(min=2), help="Tokens per window (default: min(256, KV cache)).")
+@click.option("--transformers", "checkpoint", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Compare every model against transformers run on this checkpoint folder, instead of against the first model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def evaluate_models(models, corpus, tokenizer, max_tokens, window, as_json) -> None:
-    """Perplexity of each model over a corpus; against the first (float) model, top-1 agreement and mean KL.
+def evaluate_models(models, corpus, tokenizer, max_tokens, window, checkpoint, as_json) -> None:
+    """Perplexity of each model over a corpus; against the first (float) model, or transformers:
+    perplexity ratio, top-1 agreement, mean KL, and the first token where greedy generation differs.
 
     For embedding models: each non-empty corpus line embedded by every model; mean and lowest cosine to the first."""
     from edgellm_cli.evaluate import evaluate
@@ -536,18 +593,25 @@ def evaluate_models(models, corpus, tokenizer, max_tokens, window, as_json) -> N
 
     metadata, tokenizer = model_metadata(models[0], tokenizer)
     with _console().status("[bold]eval[/]…", spinner="dots"):
-        report = evaluate(list(models), load_tokenizer(tokenizer), corpus, metadata.start_id, max_tokens, window)
+        report = evaluate(list(models), load_tokenizer(tokenizer), corpus, metadata.start_id, max_tokens, window, checkpoint)
     if as_json:
         emit_json(report)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("model", "size", "perplexity", "top-1 vs first", "mean KL vs first", title=f"{corpus.name}: {report['tokens']} tokens")
+    against = "transformers" if checkpoint else "first"
+    table = Table("model", "size", "perplexity", f"ratio vs {against}", "top-1", "mean KL", f"greedy differs at (of {report['greedy_tokens']})",
+                  title=f"{corpus.name}: {report['tokens']} tokens")
+    if checkpoint:
+        table.add_row("transformers", "", f"{report['reference']['perplexity']:.3f}", "", "", "", "")
     for row in report["models"]:
-        agreement = f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "-"
-        kl = f"{row['mean_kl']:.4f}" if "mean_kl" in row else "-"
-        table.add_row(Path(row["model"]).name, f"{row['size_bytes'] / 1e6:.2f} MB", f"{row['perplexity']:.3f}", agreement, kl)
+        if "top1_agreement" not in row:
+            table.add_row(Path(row["model"]).name, f"{row['size_bytes'] / 1e6:.2f} MB", f"{row['perplexity']:.3f}", "-", "-", "-", "-")
+            continue
+        divergence = "never" if row["greedy_divergence"] is None else str(row["greedy_divergence"])
+        table.add_row(Path(row["model"]).name, f"{row['size_bytes'] / 1e6:.2f} MB", f"{row['perplexity']:.3f}", f"{row['perplexity_ratio']:.4f}",
+                      f"{row['top1_agreement']:.2%}", f"{row['mean_kl']:.4f}", divergence)
     Console().print(table)
 
 

@@ -1,6 +1,7 @@
 """`edgellm eval`: perplexity of `.tflite` models over a text corpus, and how far a quantized model
-strays from its float original (top-1 agreement, KL divergence), through the models' own
-prefill signatures, so it measures exactly what ships."""
+strays from its reference (perplexity ratio, top-1 agreement, KL divergence, where greedy
+generation first diverges), through the models' own signatures, so it measures exactly what ships.
+The reference is the first model, or `transformers` run on the original checkpoint."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.runtime import LiteRTModel
+from edgellm_cli.runtime import LiteRTModel, Sampler, generate
 from edgellm_cli.tokenizer import Tokenizer
+
+GREEDY_PROMPT = 16  # corpus tokens that open the greedy comparison
+GREEDY_TOKENS = 64  # tokens each model writes after them
 
 
 def corpus_windows(tokens: list[int], window: int, bos_id: int | None) -> list[list[int]]:
@@ -24,8 +28,40 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def evaluate(models: list[Path], tokenizer: Tokenizer, corpus: Path, bos_id: int | None, max_tokens: int, window: int | None = None) -> dict:
-    """Per model: perplexity; per model after the first (the reference): top-1 agreement and mean KL against it."""
+class TransformersReference:
+    """The original checkpoint in `transformers`, float32: logits for a window, greedy continuations."""
+
+    def __init__(self, checkpoint: Path):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        except (OSError, ValueError) as exc:
+            raise EdgeLLMError(f"--transformers {checkpoint}: transformers cannot load it ({str(exc).splitlines()[0]})") from None
+
+    def logits(self, window: list[int]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.model(torch.tensor([window])).logits[0].numpy()
+
+    def greedy(self, prompt: list[int], count: int) -> list[int]:
+        import torch
+
+        with torch.no_grad():
+            out = self.model.generate(torch.tensor([prompt]), max_new_tokens=count, min_new_tokens=count, do_sample=False)
+        return out[0, len(prompt) :].tolist()
+
+
+def _first_divergence(ours: list[int], reference: list[int]) -> int | None:
+    return next((i for i, (a, b) in enumerate(zip(ours, reference, strict=False)) if a != b), None)
+
+
+def evaluate(models: list[Path], tokenizer: Tokenizer, corpus: Path, bos_id: int | None, max_tokens: int, window: int | None = None,
+             transformers: Path | None = None) -> dict:
+    """Per model: perplexity; against the reference (the first model, or `transformers` on a
+    checkpoint): perplexity ratio, top-1 agreement, mean KL and the first greedy token that differs."""
     try:
         text = corpus.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -37,25 +73,37 @@ def evaluate(models: list[Path], tokenizer: Tokenizer, corpus: Path, bos_id: int
     window = window or min(256, *(r.kv_cache_length for r in runners))
     if any(window > r.kv_cache_length for r in runners):
         raise EdgeLLMError(f"--window {window} exceeds a model's KV cache ({min(r.kv_cache_length for r in runners)})")
-    nll = [[] for _ in runners]
-    agree = [[] for _ in runners]
-    kl = [[] for _ in runners]
+    reference = TransformersReference(transformers) if transformers is not None else None
+    compared = runners if reference is not None else runners[1:]
+    nll, agree, kl = ([[] for _ in runners] for _ in range(3))
+    reference_nll = []
     for piece in corpus_windows(tokens, window, bos_id):
-        targets = np.array(piece[1:])
-        reference = None
+        targets = np.arange(len(piece) - 1), np.array(piece[1:])
+        expected = _log_softmax(reference.logits(piece)[:-1].astype(np.float64)) if reference is not None else None
+        if expected is not None:
+            reference_nll.extend(-expected[targets])
         for i, runner in enumerate(runners):
             runner.reset()
             logp = _log_softmax(runner.prefill(piece, 0)[:-1].astype(np.float64))
-            nll[i].extend(-logp[np.arange(len(targets)), targets])
-            if reference is None:
-                reference = logp
+            nll[i].extend(-logp[targets])
+            if expected is None:
+                expected = logp
                 continue
-            agree[i].extend(logp.argmax(-1) == reference.argmax(-1))
-            kl[i].extend((np.exp(reference) * (reference - logp)).sum(-1))
+            agree[i].extend(logp.argmax(-1) == expected.argmax(-1))
+            kl[i].extend((np.exp(expected) * (expected - logp)).sum(-1))
+    prompt = ([bos_id] if bos_id is not None else []) + tokens[:GREEDY_PROMPT]
+    greedy = [list(generate(r, prompt, GREEDY_TOKENS, Sampler(), stop_ids=[])) for r in runners]
+    reference_greedy = reference.greedy(prompt, GREEDY_TOKENS) if reference is not None else greedy[0]
+    base_perplexity = float(np.exp(np.mean(reference_nll if reference is not None else nll[0])))
     results = []
     for i, path in enumerate(models):
-        row = {"model": str(path), "size_bytes": path.stat().st_size, "perplexity": float(np.exp(np.mean(nll[i])))}
-        if i:
-            row |= {"top1_agreement": float(np.mean(agree[i])), "mean_kl": float(np.mean(kl[i]))}
+        perplexity = float(np.exp(np.mean(nll[i])))
+        row = {"model": str(path), "size_bytes": path.stat().st_size, "perplexity": perplexity}
+        if runners[i] in compared:
+            row |= {"perplexity_ratio": perplexity / base_perplexity, "top1_agreement": float(np.mean(agree[i])), "mean_kl": float(np.mean(kl[i])),
+                    "greedy_divergence": _first_divergence(greedy[i], reference_greedy)}
         results.append(row)
-    return {"corpus": str(corpus), "tokens": int(sum(len(n) for n in nll[:1])), "window": window, "models": results}
+    report = {"corpus": str(corpus), "tokens": len(nll[0]), "window": window, "greedy_tokens": GREEDY_TOKENS, "models": results}
+    if reference is not None:
+        report["reference"] = {"transformers": str(transformers), "perplexity": base_perplexity}
+    return report

@@ -3,7 +3,7 @@ and one runner that runs each at most once per build and serves it from the cach
 
     fetch ─┬─ verify ──────────┬─ verify-tflite
            └─ convert ─────────┘
-              convert | model-file ─ quantize ─ bundle-<format> ─ export
+              convert | model-file ─ [calibrate ─ [sensitivity ─ search]] ─ quantize ─ bundle-<format> ─ export
 
 A stage declares the stages it needs (run first) and what its key hashes (`inputs`, plus edgellm's
 code and the versions of the libraries that shape its output: see cache.artifact_key). A key hashes
@@ -18,6 +18,7 @@ entry in bundle.FORMATS, which the table picks up.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -79,6 +80,8 @@ class Pipeline:
         token: str | None = None,
         offline: bool | None = None,
         recipe=None,
+        calibration: Path | None = None,
+        max_ppl_ratio: float | None = None,
         formats: tuple[str, ...] = (),
         chat_template: str | None = None,
         stop_ids: tuple[int, ...] = (),
@@ -94,6 +97,8 @@ class Pipeline:
         self.spec, self.model, self.tokenizer = spec, model, tokenizer
         self.checkpoint, self.token, self.offline = checkpoint, token, offline
         self.recipe, self.formats, self.output = recipe, tuple(formats), output
+        self.calibration = calibration  # text for recipes that calibrate; None: the shipped default
+        self.max_ppl_ratio = max_ppl_ratio  # the budget of the search stage
         self.chat_template, self.stop_ids = chat_template, list(stop_ids)  # replace the model's own in bundles
         self.cache = cache or ArtifactCache()
         self.on_start, self.on_finish = on_start, on_finish
@@ -137,7 +142,7 @@ class Pipeline:
 
     def build_stages(self) -> list[str]:
         """What `edgellm build` runs: every verification, then quantize, bundles and export as asked."""
-        quantize = ["quantize"] if self.recipe is not None else []
+        quantize = [*(["calibrate"] if self.recipe.calibrated else []), "quantize"] if self.recipe is not None else []
         return [*VERIFY_STAGES, *quantize, *(f"bundle-{fmt}" for fmt in self.formats), *(["export"] if self.output else [])]
 
     # -- what stages share ------------------------------------------------------------------
@@ -396,10 +401,101 @@ def _model_file(p: Pipeline, _: Path) -> dict:
     return {"path": str(p.model.parent), "file": p.model.name, "size_bytes": p.model.stat().st_size}
 
 
+def _calibration_text(p: Pipeline) -> Path:
+    from edgellm_cli.calibration import DEFAULT_CALIBRATION
+
+    return p.calibration or DEFAULT_CALIBRATION
+
+
+def _calibrate_inputs(p: Pipeline) -> dict:
+    from edgellm_cli.calibration import DEFAULT_WINDOWS, read_calibration_text
+
+    read_calibration_text(_calibration_text(p))  # a bad file is one line before anything runs
+    return {"model": p.result(p.model_stage).key, "text": file_digest(_calibration_text(p)), "tokenizer": file_digest(p.metadata_and_tokenizer()[1]),
+            "windows": DEFAULT_WINDOWS}
+
+
+def _calibrate(p: Pipeline, folder: Path) -> dict:
+    from edgellm_cli.calibration import calibrate, read_calibration_text
+    from edgellm_cli.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(p.metadata_and_tokenizer()[1])
+    return calibrate(p.result(p.model_stage).file, tokenizer, read_calibration_text(_calibration_text(p)), folder)
+
+
+def _held_out(p: Pipeline) -> tuple[list[list[int]], str]:
+    """Windows of the calibration text that calibration did not use, and the prefill that runs them."""
+    from edgellm_cli.calibration import held_out_windows, read_calibration_text, widest_prefill
+    from edgellm_cli.tokenizer import load_tokenizer
+
+    width = widest_prefill(p.result(p.model_stage).file)
+    tokens = load_tokenizer(p.metadata_and_tokenizer()[1]).encode(read_calibration_text(_calibration_text(p)))
+    return held_out_windows(tokens, width), f"prefill_{width}"
+
+
+def _weight_probe(p: Pipeline):
+    """The float model and calibration Hessians, scored on the held-out windows."""
+    from edgellm_cli.calibration import load_hessians
+    from edgellm_cli.search import WeightProbe
+
+    return WeightProbe(p.result(p.model_stage).file, load_hessians(p.result("calibrate").path), *_held_out(p))
+
+
+def _layer_groups(p: Pipeline):
+    from edgellm_cli.calibration import weight_readers
+    from edgellm_cli.quantize import model_ops
+    from edgellm_cli.search import layer_groups
+
+    model = p.result(p.model_stage).file
+    return layer_groups(model_ops(model), weight_readers(model)[0])
+
+
+def _sensitivity(p: Pipeline, _: Path) -> dict:
+    from dataclasses import asdict
+
+    from edgellm_cli.search import measure_sensitivity
+
+    groups = _layer_groups(p)
+    probe = _weight_probe(p)
+    return {"groups": [asdict(g) for g in groups], "windows": len(probe.windows), **measure_sensitivity(probe, groups)}
+
+
+def _search(p: Pipeline, folder: Path) -> dict:
+    import yaml
+
+    from edgellm_cli.search import Group, choose, frontier, search_recipe
+
+    measured = p.result("sensitivity").report
+    groups = [Group(**g) for g in measured["groups"]]
+    points = frontier(groups, measured)
+    chosen, checked = choose(_weight_probe(p), groups, points, measured["float_nll"], p.max_ppl_ratio)
+    recipe = search_recipe([g for g in groups if g.name in chosen["int4_groups"]], f"search-{p.max_ppl_ratio:g}")
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(exclude_defaults=True), sort_keys=False), encoding="utf-8")
+    return {"file": "recipe.yaml", "recipe": recipe.model_dump(), "max_ppl_ratio": p.max_ppl_ratio, "frontier": points, "chosen": chosen, "checked": len(checked)}
+
+
+def _quantize_needs(p: Pipeline) -> list[str]:
+    return [p.model_stage, *(["calibrate"] if p.recipe.calibrated else [])]
+
+
+def _quantize_inputs(p: Pipeline) -> dict:
+    calibration = {"calibration": p.result("calibrate").key} if p.recipe.calibrated else {}
+    return {"model": p.result(p.model_stage).key, "recipe": p.recipe.model_dump(), **calibration}
+
+
 def _quantize(p: Pipeline, folder: Path) -> dict:
+    from edgellm_cli.calibration import load_hessians
     from edgellm_cli.quantize import quantize_tflite
 
-    return {"file": MODEL_FILE, **quantize_tflite(p.result(p.model_stage).file, p.recipe, folder / MODEL_FILE)}
+    model, out = p.result(p.model_stage).file, folder / MODEL_FILE
+    if not p.recipe.calibrated:
+        return {"file": MODEL_FILE, **quantize_tflite(model, p.recipe, out)}
+    from edgellm_cli.search import window_nll
+
+    report = quantize_tflite(model, p.recipe, out, load_hessians(p.result("calibrate").path))
+    windows, signature = _held_out(p)
+    ratio = math.exp(window_nll(out, windows, signature) - window_nll(model, windows, signature))
+    return {"file": MODEL_FILE, **report, "held_out_ppl_ratio": round(ratio, 4), "held_out_tokens": sum(len(w) - 1 for w in windows)}
 
 
 def _bundle_inputs(fmt: str) -> Callable[[Pipeline], dict]:
@@ -447,8 +543,11 @@ STAGES: dict[str, Stage] = {
     "convert": Stage(lambda p: ["fetch"], lambda p: {**p.model_identity(), "export": p.spec.export.model_dump()}, _convert, ("torch", "litert-torch")),
     "verify-tflite": Stage(lambda p: ["verify", "convert"], _verify_tflite_inputs, _verify_tflite, ("ai-edge-litert",)),
     "model-file": Stage(lambda p: [], lambda p: {"digest": file_digest(p.model)}, _model_file, cached=False),
-    "quantize": Stage(lambda p: [p.model_stage], lambda p: {"model": p.result(p.model_stage).key, "recipe": p.recipe.model_dump()}, _quantize,
-                      ("ai-edge-quantizer", "ai-edge-litert")),
+    "calibrate": Stage(lambda p: [p.model_stage], _calibrate_inputs, _calibrate, ("ai-edge-litert", "tokenizers", "sentencepiece")),
+    "sensitivity": Stage(lambda p: ["calibrate"], lambda p: {"calibration": p.result("calibrate").key}, _sensitivity, ("ai-edge-litert", "torch")),
+    "search": Stage(lambda p: ["sensitivity"], lambda p: {"sensitivity": p.result("sensitivity").key, "max_ppl_ratio": p.max_ppl_ratio}, _search,
+                    ("ai-edge-litert", "torch")),
+    "quantize": Stage(_quantize_needs, _quantize_inputs, _quantize, ("ai-edge-quantizer", "ai-edge-litert", "torch")),
     **_bundle_stages(),
     "export": Stage(lambda p: [p.final_stage, *(f"bundle-{fmt}" for fmt in p.formats)], lambda p: {"output": str(p.output)}, _export, cached=False),
 }

@@ -37,6 +37,8 @@ class QuantRule(BaseModel):
     mode dynamic: integer weights, activations quantized on the fly by the kernel (fast).
     mode weight_only: integer weights dequantized to float before the op (more accurate).
     mode float16: weights stored as float16 and computed in float.
+    algorithm minmax: each weight rounded to the nearest step of a scale set by the largest weight.
+    algorithm gptq: fully connected weights chosen by GPTQ on calibration text (see gptq.py).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -47,6 +49,7 @@ class QuantRule(BaseModel):
     bits: Literal[4, 8, 16] = 8
     granularity: Literal["tensor", "channel", "block32", "block64", "block128", "block256"] = "channel"
     symmetric: bool = True
+    algorithm: Literal["minmax", "gptq"] = "minmax"
 
     @model_validator(mode="after")
     def _supported(self) -> QuantRule:
@@ -57,12 +60,16 @@ class QuantRule(BaseModel):
         if self.mode == "float16":
             if self.bits != 16 and "bits" in self.model_fields_set or self.granularity != "channel" and "granularity" in self.model_fields_set:
                 raise ValueError("float16 takes no bits or granularity: weights are cast whole")
+            if self.algorithm != "minmax":
+                raise ValueError("float16 takes no algorithm: weights are cast, not rounded to integers")
         elif self.bits not in (4, 8):
             raise ValueError(f"{self.mode} quantization takes bits 4 or 8, not {self.bits}")
         elif self.granularity.startswith("block") and not self.symmetric:
             raise ValueError(f"{self.granularity} needs symmetric: true (blockwise scales have no zero point)")
         elif self.bits == 4 and self.granularity == "tensor":
             raise ValueError("4-bit weights need channel or block granularity; one scale per tensor loses too much")
+        elif self.algorithm == "gptq" and (self.granularity == "tensor" or not self.symmetric):
+            raise ValueError("gptq takes symmetric channel or block scales")
         return self
 
     def to_aeq(self) -> dict:
@@ -87,6 +94,11 @@ class Recipe(BaseModel):
 
     def to_aeq(self) -> list[dict]:
         return [entry for rule in self.rules for entry in rule.to_aeq()]
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether it needs calibration text (a rule uses gptq)."""
+        return any(rule.algorithm == "gptq" for rule in self.rules)
 
 
 def recipe_names() -> list[str]:
@@ -117,6 +129,7 @@ class OpInfo:
     name: str  # TFLite op name
     scope: str  # its output tensor names, what rules match against
     weight_shape: tuple[int, ...] | None  # the constant weight input of FULLY_CONNECTED / EMBEDDING_LOOKUP
+    position: tuple[int, int]  # (subgraph, operator) index in the file
 
 
 _WEIGHT_OPS = {"FULLY_CONNECTED", "EMBEDDING_LOOKUP"}
@@ -128,18 +141,23 @@ def model_ops(model_path: Path) -> list[OpInfo]:
 
     model = tfl.read_model(str(model_path))
     ops = []
-    for subgraph in model.subgraphs:
-        for op in subgraph.operators:
+    for s, subgraph in enumerate(model.subgraphs):
+        for o, op in enumerate(subgraph.operators):
             code = model.operatorCodes[op.opcodeIndex].builtinCode
             name = tfl.TFL_OP_CODE_TO_NAME.get(code, f"BUILTIN_{code}")  # ops it cannot quantize have no name there
             weight = subgraph.tensors[op.inputs[1]] if name in _WEIGHT_OPS and len(op.inputs) > 1 else None
             shape = tuple(int(d) for d in weight.shape) if weight is not None and weight.buffer > 0 else None
-            ops.append(OpInfo(name, tfl.get_op_scope(op, subgraph.tensors), shape))
+            ops.append(OpInfo(name, tfl.get_op_scope(op, subgraph.tensors), shape, (s, o)))
     return ops
 
 
 def _selects(rule: QuantRule, op: OpInfo) -> bool:
     return ("*" in rule.ops or op.name in rule.ops) and re.search(rule.match, op.scope) is not None
+
+
+def _winner(recipe: Recipe, op: OpInfo) -> QuantRule | None:
+    """The rule that decides `op`: the last that selects it."""
+    return next((r for r in reversed(recipe.rules) if _selects(r, op)), None)
 
 
 def _short_name(scope: str) -> str:
@@ -164,7 +182,7 @@ def plan_recipe(recipe: Recipe, ops: list[OpInfo]) -> tuple[list[dict], list[str
             )
     entries, fallbacks = recipe.to_aeq(), []
     for op in ops:
-        winner = next((r for r in reversed(recipe.rules) if _selects(r, op)), None)
+        winner = _winner(recipe, op)
         if winner is None or op.weight_shape is None or not winner.granularity.startswith("block"):
             continue
         if op.weight_shape[-1] % int(winner.granularity.removeprefix("block")):
@@ -174,13 +192,33 @@ def plan_recipe(recipe: Recipe, ops: list[OpInfo]) -> tuple[list[dict], list[str
     return entries, sorted(set(fallbacks))
 
 
-def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path) -> dict:
-    """Write `out_path`, the model quantized by `recipe`; returns its sizes and the block fallbacks."""
+def calibrated_weights(recipe: Recipe, ops: list[OpInfo], hessians: dict[int, object], readers: dict[int, list[tuple[int, int, int]]]) -> dict:
+    """The Hessians of the weights whose every reader is decided by a gptq rule."""
+    by_position = {op.position: op for op in ops}
+    chosen = {}
+    for buffer, hessian in hessians.items():
+        rules = [_winner(recipe, by_position[(s, o)]) for s, o, _ in readers.get(buffer, [])]
+        if rules and all(rule is not None and rule.algorithm == "gptq" for rule in rules):
+            chosen[buffer] = hessian
+    return chosen
+
+
+def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path, hessians: dict[int, object] | None = None) -> dict:
+    """Write `out_path`, the model quantized by `recipe` (GPTQ where its rules say so, from the
+    calibration Hessians per float weight buffer); returns its sizes, the block fallbacks and how
+    the quantized model agrees with the float one."""
     from ai_edge_quantizer import quantizer
 
+    from edgellm_cli.calibration import weight_readers
+    from edgellm_cli.files import write_bytes_atomically
     from edgellm_cli.quiet import native_output_to
 
-    entries, fallbacks = plan_recipe(recipe, model_ops(model_path))
+    ops = model_ops(model_path)
+    entries, fallbacks = plan_recipe(recipe, ops)
+    if recipe.calibrated:
+        if hessians is None:
+            raise EdgeLLMError(f"recipe {recipe.name} uses gptq, which needs calibration text")
+        hessians = calibrated_weights(recipe, ops, hessians, weight_readers(model_path)[0])
     try:
         with native_output_to(out_path.with_suffix(".log")):
             qt = quantizer.Quantizer(str(model_path))
@@ -191,7 +229,12 @@ def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path) -> dict:
             f"recipe {recipe.name}: ai-edge-quantizer failed on it ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
             "change the mode or granularity of the rule for these ops"
         ) from None
-    repaired = repair_zero_scales(out_path)
+    data = bytearray(out_path.read_bytes())
+    calibrated = write_calibrated_weights(data, model_path, hessians) if hessians else 0
+    repaired = repair_zero_scales(data)
+    if calibrated or repaired:
+        write_bytes_atomically(out_path, data)
+    del data
     before, after = model_path.stat().st_size, out_path.stat().st_size
     return {
         "recipe": recipe.name,
@@ -200,38 +243,37 @@ def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path) -> dict:
         "ratio": round(after / before, 4),
         "block_fallbacks": fallbacks,
         "zero_scales_repaired": repaired,
+        "gptq_weights": calibrated,
         **check_quantized(model_path, out_path, recipe.name),
     }
 
 
-def _scale_vectors(flat, schema):
-    """(vector position, element count, dtype) of every quantization scale in the model: per-channel
-    scales inside a tensor's quantization parameters, and blockwise scales, which live in a tensor
-    of their own."""
+def _scales_of(flat, schema, subgraph, tensor):
+    """(position, count, dtype, block) of a quantized weight's scales in the file: blockwise
+    scales live in a tensor of their own, per-channel scales in the quantization parameters; None
+    for a tensor without scales."""
     import numpy as np
 
-    from edgellm_cli.tflite_file import inline_data
+    from edgellm_cli.tflite_file import buffer_data
 
-    for s in range(flat.SubgraphsLength()):
-        subgraph = flat.Subgraphs(s)
-        for t in range(subgraph.TensorsLength()):
-            quantization = subgraph.Tensors(t).Quantization()
-            if quantization is None:
-                continue
-            if quantization.ScaleLength():
-                field = quantization._tab.Offset(8)  # `scale: [float]`, the third field
-                yield quantization._tab.Vector(field), quantization.ScaleLength(), np.float32
-            if quantization.DetailsType() == schema.QuantizationDetails.BlockwiseQuantization:
-                details = schema.BlockwiseQuantization()
-                details.Init(quantization.Details().Bytes, quantization.Details().Pos)
-                scales = subgraph.Tensors(details.Scales())
-                inline = inline_data(flat.Buffers(scales.Buffer()))
-                if inline:
-                    dtype = np.float16 if scales.Type() == schema.TensorType.FLOAT16 else np.float32
-                    yield inline[0], inline[1] // np.dtype(dtype).itemsize, dtype
+    quantization = tensor.Quantization()
+    if quantization is None:
+        return None
+    if quantization.DetailsType() == schema.QuantizationDetails.BlockwiseQuantization:
+        details = schema.BlockwiseQuantization()
+        details.Init(quantization.Details().Bytes, quantization.Details().Pos)
+        scales = subgraph.Tensors(details.Scales())
+        place = buffer_data(flat.Buffers(scales.Buffer()))
+        if not place:
+            return None
+        dtype = np.float16 if scales.Type() == schema.TensorType.FLOAT16 else np.float32
+        return place[0], place[1] // np.dtype(dtype).itemsize, dtype, details.BlockSize()
+    if quantization.ScaleLength():
+        return quantization._tab.Vector(quantization._tab.Offset(8)), quantization.ScaleLength(), np.float32, None  # `scale: [float]`
+    return None
 
 
-def repair_zero_scales(path: Path) -> int:
+def repair_zero_scales(data: bytearray) -> int:
     """Give zero quantization scales the smallest positive value; returns how many there were.
 
     A block or channel of weights that are all zero gets scale 0, and LiteRT's CPU path refuses to
@@ -241,19 +283,82 @@ def repair_zero_scales(path: Path) -> int:
     import numpy as np
     from ai_edge_litert import schema_py_generated as schema
 
-    data = bytearray(path.read_bytes())
     flat = schema.Model.GetRootAs(data, 0)
     repaired = 0
-    for position, count, dtype in list(_scale_vectors(flat, schema)):
-        scales = np.frombuffer(data, dtype=dtype, count=count, offset=position)
-        zeros = scales == 0
-        if zeros.any():
-            repaired += int(zeros.sum())
-            patched = np.where(zeros, np.finfo(dtype).tiny, scales).astype(dtype)
-            data[position : position + patched.nbytes] = patched.tobytes()
-    if repaired:
-        path.write_bytes(data)
+    for s in range(flat.SubgraphsLength()):
+        subgraph = flat.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            found = _scales_of(flat, schema, subgraph, subgraph.Tensors(t))
+            if found is None:
+                continue
+            position, count, dtype, _ = found
+            scales = np.frombuffer(data, dtype=dtype, count=count, offset=position)
+            zeros = scales == 0
+            if zeros.any():
+                repaired += int(zeros.sum())
+                patched = np.where(zeros, np.finfo(dtype).tiny, scales).astype(dtype)
+                data[position : position + patched.nbytes] = patched.tobytes()
     return repaired
+
+
+def write_calibrated_weights(data: bytearray, float_model: Path, hessians: dict[int, object]) -> int:
+    """Replace the round-to-nearest integers and scales ai-edge-quantizer wrote for the weights in
+    `hessians` (keyed by their buffer in the float model) with GPTQ's; returns how many weights.
+
+    The quantizer kept every tensor of the float model at its index and name, and chose each
+    weight's bits and block; GPTQ takes those as given and rewrites values and scales in place.
+    """
+    import mmap
+
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgellm_cli.gptq import quantize_weight
+    from edgellm_cli.tflite_file import buffer_data
+
+    flat = schema.Model.GetRootAs(data, 0)
+    done: dict[int, object] = {}
+    with open(float_model, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as source:
+        original = schema.Model.GetRootAs(source, 0)
+        for s in range(flat.SubgraphsLength()):
+            subgraph, float_subgraph = flat.Subgraphs(s), original.Subgraphs(s)
+            for t in range(float_subgraph.TensorsLength()):
+                float_tensor = float_subgraph.Tensors(t)
+                buffer = float_tensor.Buffer()
+                tensor = subgraph.Tensors(t)
+                if buffer not in hessians or tensor.Type() not in (schema.TensorType.INT4, schema.TensorType.INT8):
+                    continue
+                if tensor.Name() != float_tensor.Name():
+                    raise EdgeLLMError(f"ai-edge-quantizer moved tensor {float_tensor.Name().decode()}; calibrated recipes cannot place its weights")
+                found = _scales_of(flat, schema, subgraph, tensor)
+                if found is None:
+                    raise EdgeLLMError(f"weight {float_tensor.Name().decode()}: its quantization scales are not where the quantizer puts them")
+                position, count, dtype, block = found
+                bits = 4 if tensor.Type() == schema.TensorType.INT4 else 8
+                if buffer not in done:
+                    start, length = buffer_data(original.Buffers(buffer))
+                    weight = np.frombuffer(source, np.float32, length // 4, start).reshape(float_tensor.ShapeAsNumpy())
+                    done[buffer] = quantize_weight(weight, hessians[buffer], bits, block or None)
+                    del weight
+                quantized = done[buffer]
+                data[position : position + count * np.dtype(dtype).itemsize] = quantized.scales.astype(dtype).tobytes()
+                start, length = buffer_data(flat.Buffers(tensor.Buffer()))
+                values = _packed(quantized.values, bits)
+                if len(values) != length:
+                    raise EdgeLLMError(f"weight {float_tensor.Name().decode()}: {length} bytes in the quantized file, {len(values)} computed")
+                data[start : start + length] = values
+        del original
+    return len(done)
+
+
+def _packed(values, bits: int) -> bytes:
+    """int8 values as the file stores them: int4 two to a byte, the first in the low nibble."""
+    import numpy as np
+
+    flat = values.reshape(-1).astype(np.uint8)
+    if bits == 8:
+        return flat.tobytes()
+    return ((flat[0::2] & 0xF) | (flat[1::2] << 4)).astype(np.uint8).tobytes()
 
 
 def check_quantized(float_model: Path, quantized: Path, recipe: str, count: int = 16) -> dict:

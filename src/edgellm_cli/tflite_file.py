@@ -38,6 +38,14 @@ def inline_data(buffer) -> tuple[int, int] | None:
     return (buffer._tab.Vector(field), buffer._tab.VectorLen(field)) if field else None
 
 
+def buffer_data(buffer) -> tuple[int, int] | None:
+    """Where a buffer's data lies in the file (start, bytes): inside the flatbuffer, or after it
+    (large models keep weights past the 2 GB flatbuffer limit); None when it has none."""
+    if buffer.Offset() > 1:
+        return buffer.Offset(), buffer.Size()
+    return inline_data(buffer)
+
+
 def _count(length: int, element_bytes: int, size: int, what: str) -> int:
     """A vector length that fits in the file (a damaged length could ask for billions of reads)."""
     if length < 0 or length * element_bytes > size:

@@ -1,0 +1,175 @@
+"""`quantize --search`: the smallest mix of int4 and int8 layer groups within a perplexity budget.
+
+Each layer group (one block's attention, one block's MLP) is measured once: the float model with
+only that group's weights in int4 (by GPTQ), its mean log-likelihood on held-out calibration text
+against the float model's. Treating those costs as additive, groups move from int8 to int4 in
+order of cost per byte saved; every prefix of that order is a point of the size-accuracy
+frontier, and the largest prefix predicted within the budget is checked by measuring it whole
+(stepping back while it is over). Measurements put GPTQ's dequantized weights into a copy of the
+float model, so they see weight error only; the quantized model the chosen recipe writes is then
+evaluated as shipped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.quantize import OpInfo, QuantRule, Recipe
+
+BLOCK = 32  # int4 weights: one scale per 32 (per channel where the input width is not a multiple)
+INT8 = (8, None)  # bits, per channel
+_GROUP = re.compile(r"(Block_\d+)/(?:[\w.]+\.)?(\w+?_\w+)/")  # `Block_3/edgellm_cli.layers.mlp.MLP_mlp/`
+
+
+@dataclass
+class Group:
+    name: str  # `Block_3 MLP_mlp`
+    pattern: str  # the regular expression a recipe rule selects it by
+    buffers: list[int]  # its weights, by buffer in the float model
+    int4_blocks: list[int | None]  # per weight: the block its int4 takes (None: per channel)
+    int4_bytes: int
+    int8_bytes: int
+
+    def int4(self) -> dict[int, tuple[int, int | None]]:
+        return {buffer: (4, block) for buffer, block in zip(self.buffers, self.int4_blocks, strict=True)}
+
+
+def layer_groups(ops: list[OpInfo], readers: dict[int, list[tuple[int, int, int]]]) -> list[Group]:
+    """The attention and MLP of every transformer block, from edgellm's module names."""
+    by_position = {op.position: op for op in ops}
+    groups: dict[str, Group] = {}
+    for buffer, uses in sorted(readers.items()):
+        op = by_position[uses[0][:2]]
+        found = _GROUP.search(op.scope)
+        if found is None or op.weight_shape is None:
+            continue
+        rows, cols = op.weight_shape
+        block, module = found.groups()
+        group = groups.setdefault(f"{block} {module}", Group(f"{block} {module}", rf"{block}/(?:[\w.]+\.)?{module}/", [], [], 0, 0))
+        group.buffers.append(buffer)
+        group.int4_blocks.append(None if cols % BLOCK else BLOCK)  # as quantize.plan_recipe falls back
+        group.int4_bytes += (rows * cols + 1) // 2 + (rows * 4 if cols % BLOCK else rows * cols // BLOCK * 2)  # values, then float32 or float16 scales
+        group.int8_bytes += rows * cols + rows * 4
+    if not groups:
+        raise EdgeLLMError("--search finds layer groups by edgellm's module names (Block_N/...); this model has none: convert it with edgellm")
+    return sorted(groups.values(), key=lambda g: (int(g.name.split()[0].removeprefix("Block_")), g.name))
+
+
+def search_recipe(int4_groups: list[Group], name: str) -> Recipe:
+    """int8 (GPTQ) everywhere, int4 blocks of 32 (GPTQ) for `int4_groups`."""
+    rules = [QuantRule(mode="dynamic", bits=8, algorithm="gptq")]
+    if int4_groups:
+        rules.append(QuantRule(match="|".join(g.pattern for g in int4_groups), mode="dynamic", bits=4, granularity=f"block{BLOCK}", algorithm="gptq"))
+    description = f"Found by edgellm quantize --search: {len(int4_groups)} layer groups in int4 (blocks of 32, GPTQ), the rest in int8 (GPTQ)."
+    return Recipe(name=name, description=description, rules=rules)
+
+
+class WeightProbe:
+    """The float model with chosen weights replaced by their GPTQ dequantization, scored by mean
+    negative log-likelihood on fixed token windows through its prefill signature."""
+
+    def __init__(self, model_path: Path, hessians: dict[int, np.ndarray], windows: list[list[int]], signature: str):
+        from ai_edge_litert import schema_py_generated as schema
+
+        from edgellm_cli.tflite_file import buffer_data
+
+        self.data = bytearray(model_path.read_bytes())
+        self.hessians, self.windows, self.signature = hessians, windows, signature
+        flat = schema.Model.GetRootAs(self.data, 0)
+        self.shapes: dict[int, tuple[int, ...]] = {}
+        for s in range(flat.SubgraphsLength()):
+            subgraph = flat.Subgraphs(s)
+            for t in range(subgraph.TensorsLength()):
+                tensor = subgraph.Tensors(t)
+                if tensor.Buffer() in hessians:
+                    self.shapes[tensor.Buffer()] = tuple(int(d) for d in tensor.ShapeAsNumpy())
+        self.places = {b: buffer_data(flat.Buffers(b)) for b in self.shapes}
+        self.float_values = {b: bytes(self.data[start : start + length]) for b, (start, length) in self.places.items()}
+        self._solved: dict[tuple[int, int, int | None], bytes] = {}
+
+    def _dequantized(self, buffer: int, precision: tuple[int, int | None]) -> bytes:
+        from edgellm_cli.gptq import quantize_weight
+
+        key = (buffer, *precision)
+        if key not in self._solved:
+            weight = np.frombuffer(self.float_values[buffer], np.float32).reshape(self.shapes[buffer])
+            self._solved[key] = quantize_weight(weight, self.hessians[buffer], *precision).dequantized().astype(np.float32).tobytes()
+        return self._solved[key]
+
+    def nll(self, assignment: dict[int, tuple[int, int | None]]) -> float:
+        """Mean NLL per token with the weights in `assignment` quantized, the others float."""
+        for buffer, (start, length) in self.places.items():
+            self.data[start : start + length] = self._dequantized(buffer, assignment[buffer]) if buffer in assignment else self.float_values[buffer]
+        return window_nll(bytes(self.data), self.windows, self.signature)
+
+
+def window_nll(model: bytes | Path, windows: list[list[int]], signature: str) -> float:
+    """Mean negative log-likelihood per token of each window's continuation, every window run
+    from position 0 through `signature` (a prefill as wide as the windows) in LiteRT's CPU path."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgellm_cli.quiet import native_output_to
+
+    with native_output_to(os.devnull):
+        interpreter = Interpreter(**{"model_path": str(model)} if isinstance(model, Path) else {"model_content": model}, num_threads=os.cpu_count())
+    runner = interpreter.get_signature_runner(signature)
+    caches = {name: np.zeros(d["shape"], d["dtype"]) for name, d in runner.get_input_details().items() if name.startswith("kv_cache")}
+    total, count = 0.0, 0
+    for window in windows:
+        logits = runner(tokens=np.array([window], np.int32), input_pos=np.arange(len(window), dtype=np.int32), **caches)["logits"][0, :-1]
+        logits = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        total -= float(logp[np.arange(len(window) - 1), window[1:]].sum())
+        count += len(window) - 1
+    return total / count
+
+
+def measure_sensitivity(probe: WeightProbe, groups: list[Group], on_progress=lambda done, total: None) -> dict:
+    """Float NLL, all-int8 NLL, and per group the NLL cost of int4 with everything else float."""
+    float_nll = probe.nll({})
+    all_int8 = probe.nll({b: INT8 for g in groups for b in g.buffers})
+    costs = {}
+    for i, group in enumerate(groups):
+        on_progress(i, len(groups))
+        costs[group.name] = probe.nll(group.int4()) - float_nll
+    return {"float_nll": float_nll, "int8_cost": all_int8 - float_nll, "int4_costs": costs}
+
+
+def frontier(groups: list[Group], sensitivity: dict) -> list[dict]:
+    """Points from all-int8 to all-int4, groups added cheapest per byte first; each with its
+    predicted perplexity ratio and size of the grouped weights."""
+    order = sorted(groups, key=lambda g: max(sensitivity["int4_costs"][g.name], 0.0) / (g.int8_bytes - g.int4_bytes))
+    cost, size = sensitivity["int8_cost"], sum(g.int8_bytes for g in groups)
+    points = [{"int4_groups": [], "predicted_ppl_ratio": math.exp(cost), "grouped_bytes": size}]
+    for group in order:
+        cost += max(sensitivity["int4_costs"][group.name], 0.0)
+        size -= group.int8_bytes - group.int4_bytes
+        points.append({"int4_groups": [*points[-1]["int4_groups"], group.name], "predicted_ppl_ratio": math.exp(cost), "grouped_bytes": size})
+    return points
+
+
+def choose(probe: WeightProbe, groups: list[Group], points: list[dict], float_nll: float, max_ppl_ratio: float) -> tuple[dict, list[dict]]:
+    """The largest frontier prefix predicted within the budget, measured whole and stepped back
+    while over it; returns the choice and every point measured."""
+    by_name = {g.name: g for g in groups}
+    index = max(i for i, p in enumerate(points) if p["predicted_ppl_ratio"] <= max_ppl_ratio or i == 0)
+    measured = []
+    while True:
+        point = points[index]
+        chosen = [by_name[n] for n in point["int4_groups"]]
+        assignment = {b: INT8 for g in groups for b in g.buffers}
+        for group in chosen:
+            assignment |= group.int4()
+        point = {**point, "measured_ppl_ratio": math.exp(probe.nll(assignment) - float_nll)}
+        points[index] = point
+        measured.append(point)
+        if point["measured_ppl_ratio"] <= max_ppl_ratio or index == 0:
+            return point, measured
+        index -= 1
