@@ -2,8 +2,10 @@
 
 The checkpoint's inventory (names, shapes, dtypes) comes from file headers alone, so the
 mapping is checked against the model before a single weight is read. Weights are then
-streamed one at a time from memory-mapped files into a model built on the meta device,
-so memory holds one copy of the model, never two.
+streamed one at a time into a model built on the meta device, so memory holds one copy of the
+model, never two. Safetensors files are read with plain reads, not mapped: mapped pages a
+tensor was read from count in the process's memory until the file is closed, so a bfloat16
+checkpoint would sit in memory beside its float32 copy.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _open_tensor_file(path: Path):
         from safetensors import SafetensorError, safe_open
 
         try:
-            return safe_open(str(path), framework="pt")
+            return safe_open(str(path), framework="pt", backend="pread")
         except SafetensorError as exc:
             raise EdgeLLMError(f"{path}: corrupt or truncated safetensors file ({exc}); re-download it") from None
         except FileNotFoundError:
