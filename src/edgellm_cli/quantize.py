@@ -175,23 +175,14 @@ def plan_recipe(recipe: Recipe, ops: list[OpInfo]) -> tuple[list[dict], list[str
 
 
 def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path) -> dict:
-    """Write `out_path`, the model quantized by `recipe`; returns its sizes and the block fallbacks."""
-    from ai_edge_quantizer import quantizer
-
-    from edgellm_cli.quiet import native_output_to
+    """Write `out_path`, the model quantized by `recipe`; returns its sizes, the block fallbacks and
+    the peak memory of the worker that quantized it."""
+    from edgellm_cli.isolated import run_isolated
 
     entries, fallbacks = plan_recipe(recipe, model_ops(model_path))
-    try:
-        with native_output_to(out_path.with_suffix(".log")):
-            qt = quantizer.Quantizer(str(model_path))
-            qt.load_quantization_recipe(entries)
-            qt.quantize().export_model(str(out_path), overwrite=True)
-    except Exception as exc:  # noqa: BLE001 - whatever the quantizer raises, the remedy is another rule
-        raise EdgeLLMError(
-            f"recipe {recipe.name}: ai-edge-quantizer failed on it ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            "change the mode or granularity of the rule for these ops"
-        ) from None
-    repaired = repair_zero_scales(out_path)
+    # ai-edge-quantizer's memory (its model and output, a third of the float model) outlives the
+    # call; in a worker it ends with it, before the check loads the float model into LiteRT.
+    repaired, peak = run_isolated(_write_quantized, (model_path, entries, recipe.name, out_path), "ai-edge-quantizer")
     before, after = model_path.stat().st_size, out_path.stat().st_size
     return {
         "recipe": recipe.name,
@@ -200,8 +191,28 @@ def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path) -> dict:
         "ratio": round(after / before, 4),
         "block_fallbacks": fallbacks,
         "zero_scales_repaired": repaired,
+        "worker_peak_rss_bytes": peak,
         **check_quantized(model_path, out_path, recipe.name),
     }
+
+
+def _write_quantized(model_path: Path, entries: list[dict], recipe_name: str, out_path: Path) -> int:
+    """ai-edge-quantizer's run of the recipe `entries`, written to `out_path`; returns the zero scales repaired."""
+    from ai_edge_quantizer import quantizer
+
+    from edgellm_cli.quiet import native_output_to
+
+    try:
+        with native_output_to(out_path.with_suffix(".log")):
+            qt = quantizer.Quantizer(str(model_path))
+            qt.load_quantization_recipe(entries)
+            qt.quantize().export_model(str(out_path), overwrite=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the quantizer raises, the remedy is another rule
+        raise EdgeLLMError(
+            f"recipe {recipe_name}: ai-edge-quantizer failed on it ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "change the mode or granularity of the rule for these ops"
+        ) from None
+    return repair_zero_scales(out_path)
 
 
 def _scale_vectors(flat, schema):
