@@ -29,6 +29,7 @@ from edgellm_cli import __version__
 from edgellm_cli.cache import ArtifactCache, artifact_key, file_digest
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.files import inside, publish, read_json, write_json
+from edgellm_cli.heap import map_large_allocations
 from edgellm_cli.metadata import ModelMetadata, model_metadata
 from edgellm_cli.spec import Architecture, ExportSection, ModelSpec, resolve_architecture
 
@@ -89,6 +90,7 @@ class Pipeline:
     ):
         if (spec is None) == (model is None):
             raise ValueError("a pipeline starts from a spec or from a model file")
+        map_large_allocations()  # stages free models of gigabytes: that memory must leave the process
         if model is not None and not model.is_file():
             raise EdgeLLMError(f"model {model} does not exist; pass the path of a .tflite file")
         self.spec, self.model, self.tokenizer = spec, model, tokenizer
