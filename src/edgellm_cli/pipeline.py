@@ -259,33 +259,41 @@ def _fetch_inputs(p: Pipeline) -> dict:
 def _fetch(p: Pipeline, _: Path) -> dict:
     """Every tensor name and shape, the tokenizer and the memory the model will need, checked
     before any later stage."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from edgellm_cli.loader import Checkpoint, plan_weights
     from edgellm_cli.metadata import resolve_prompt_settings
     from edgellm_cli.tokenizer import load_tokenizer
 
     folder = p.checkpoint_folder()
-    arch = resolve_architecture(p.spec, folder)
-    checkpoint = Checkpoint.open(folder)
-    plan_weights(p.spec, arch, checkpoint)
-    tokenizer_file = inside(folder, p.spec.tokenizer.file, "tokenizer.file")
-    if not tokenizer_file.is_file():
-        raise EdgeLLMError(f"checkpoint {folder.name}: tokenizer file {p.spec.tokenizer.file} is missing; fix tokenizer.file in the spec")
-    tokenizer = load_tokenizer(tokenizer_file)  # a damaged tokenizer fails here, not in a runtime
-    if tokenizer.vocab_size > arch.vocab_size:
-        raise EdgeLLMError(f"checkpoint {folder.name}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {arch.vocab_size}; "
-                           "fix tokenizer.file in the spec (it names another model's tokenizer)")
-    check_memory(arch, p.spec.export, weight_elements(checkpoint))
-    if arch.kind != "decoder":
-        from edgellm_cli.encoder_stages import check_lengths
+    # Hashing gigabytes of weights (the GIL released) runs beside the checks, which mostly import libraries.
+    hashing = ThreadPoolExecutor(max_workers=1)
+    digests = {f.name: hashing.submit(file_digest, f) for f in sorted(folder.iterdir()) if f.is_file()}
+    try:
+        arch = resolve_architecture(p.spec, folder)
+        checkpoint = Checkpoint.open(folder)
+        plan_weights(p.spec, arch, checkpoint)
+        tokenizer_file = inside(folder, p.spec.tokenizer.file, "tokenizer.file")
+        if not tokenizer_file.is_file():
+            raise EdgeLLMError(f"checkpoint {folder.name}: tokenizer file {p.spec.tokenizer.file} is missing; fix tokenizer.file in the spec")
+        tokenizer = load_tokenizer(tokenizer_file)  # a damaged tokenizer fails here, not in a runtime
+        if tokenizer.vocab_size > arch.vocab_size:
+            raise EdgeLLMError(f"checkpoint {folder.name}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {arch.vocab_size}; "
+                               "fix tokenizer.file in the spec (it names another model's tokenizer)")
+        check_memory(arch, p.spec.export, weight_elements(checkpoint))
+        if arch.kind != "decoder":
+            from edgellm_cli.encoder_stages import check_lengths
 
-        check_lengths(p.spec, arch)
-    return {
-        "checkpoint_dir": str(folder),
-        "weight_elements": weight_elements(checkpoint),
-        "file_digests": {f.name: file_digest(f) for f in sorted(folder.iterdir()) if f.is_file()},
-        "architecture": arch.model_dump(mode="json"),
-        "prompt": resolve_prompt_settings(p.spec, folder).model_dump(mode="json"),
-    }
+            check_lengths(p.spec, arch)
+        return {
+            "checkpoint_dir": str(folder),
+            "weight_elements": weight_elements(checkpoint),
+            "file_digests": {name: digest.result() for name, digest in digests.items()},
+            "architecture": arch.model_dump(mode="json"),
+            "prompt": resolve_prompt_settings(p.spec, folder).model_dump(mode="json"),
+        }
+    finally:
+        hashing.shutdown(cancel_futures=True)
 
 
 def _verify_inputs(p: Pipeline) -> dict:
