@@ -26,13 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from convert_vs_litert_torch import REPO, make_checkpoint, measured  # a sibling script
 
 EDGELLM = [sys.executable, "-m", "edgellm_cli"]
-# The bundle in LiteRT-LM's own engine: 16 greedy tokens from the start token.
+# The bundle in LiteRT-LM's own engine: a prompt prefilled, then a sentence scored token by token.
+# Scored, not sampled: a random-weight model's greedy tokens fall outside its stand-in tokenizer's
+# vocabulary, which the engine refuses to detokenize.
 LITERT_LM = """
-import sys, litert_lm as lm
+import math, sys, litert_lm as lm
 engine = lm.Engine(sys.argv[1], backend=lm.Backend.CPU(), cache_dir=sys.argv[2])
-session = engine.create_session(apply_prompt_template=False, sampler_config=lm.SamplerConfig(top_k=1), max_output_tokens=16)
-session.run_prefill([""])
-print(sum(1 for _ in session.run_decode_async()))
+session = engine.create_session(apply_prompt_template=False)
+session.run_prefill(["Hello"])
+scores = session.run_text_scoring([" the quick brown fox jumps over the lazy dog"]).token_scores[0]
+assert scores and all(math.isfinite(s) for s in scores), scores
+print(len(scores))
 """
 
 
@@ -93,6 +97,8 @@ def main() -> None:
             report = json.loads(bench["stdout"])
             print(f"{row} edgellm bench, float model ({load} load {report['load_seconds']:.2f} s) | {bench['peak_rss_gb'] * 2**30 / 1e9:.2f} GB | "
                   f"{bench['peak_rss_gb'] * 2**30 / model_file.stat().st_size:.2f} x file | {bench['seconds']:.0f} |")
+        for artifacts in (cache, work / "out", work / "litert-lm-cache"):  # three models' artifacts would fill a small disk
+            shutil.rmtree(artifacts, ignore_errors=True)
         if args.litert_torch_python:
             shutil.rmtree(work / "litert-torch", ignore_errors=True)
             inside = ["sh", "-c", f'echo $$ > {args.memory_cgroup}/cgroup.procs && exec "$@"', "sh"] if args.memory_cgroup else []

@@ -45,12 +45,10 @@ def smallest_length(count: int, lengths: list[int]) -> int:
 def reference_embeddings(checkpoint_dir: Path, arch: Architecture, inputs: list[list[int]]) -> np.ndarray:
     """transformers' encoder, pooled as sentence-transformers' Pooling and Normalize modules do."""
     import torch
-    from transformers import AutoModel
 
-    try:
-        model = AutoModel.from_pretrained(checkpoint_dir, dtype=torch.float32, attn_implementation="eager").eval()
-    except (OSError, ValueError, KeyError) as exc:
-        raise EdgeLLMError(f"transformers cannot load {checkpoint_dir} as the reference ({str(exc).splitlines()[0]})") from None
+    from edgellm_cli.verify import load_reference
+
+    model = load_reference(checkpoint_dir, "MODEL_MAPPING")
     rows = []
     with torch.no_grad():
         for ids in inputs:

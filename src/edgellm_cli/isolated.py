@@ -14,9 +14,11 @@ import resource
 from collections.abc import Callable
 
 from edgellm_cli.errors import EdgeLLMError
+from edgellm_cli.heap import map_large_allocations
 
 
 def _work(sender, function: Callable, args: tuple) -> None:
+    map_large_allocations()
     try:
         outcome = (True, function(*args), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     except EdgeLLMError as exc:

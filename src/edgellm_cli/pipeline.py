@@ -30,6 +30,7 @@ from edgellm_cli import __version__
 from edgellm_cli.cache import ArtifactCache, artifact_key, file_digest
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.files import inside, publish, read_json, write_json
+from edgellm_cli.heap import map_large_allocations
 from edgellm_cli.metadata import ModelMetadata, model_metadata
 from edgellm_cli.spec import Architecture, ExportSection, ModelSpec, resolve_architecture
 
@@ -92,6 +93,7 @@ class Pipeline:
     ):
         if (spec is None) == (model is None):
             raise ValueError("a pipeline starts from a spec or from a model file")
+        map_large_allocations()  # stages free models of gigabytes: that memory must leave the process
         if model is not None and not model.is_file():
             raise EdgeLLMError(f"model {model} does not exist; pass the path of a .tflite file")
         self.spec, self.model, self.tokenizer = spec, model, tokenizer
@@ -262,33 +264,41 @@ def _fetch_inputs(p: Pipeline) -> dict:
 def _fetch(p: Pipeline, _: Path) -> dict:
     """Every tensor name and shape, the tokenizer and the memory the model will need, checked
     before any later stage."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from edgellm_cli.loader import Checkpoint, plan_weights
     from edgellm_cli.metadata import resolve_prompt_settings
     from edgellm_cli.tokenizer import load_tokenizer
 
     folder = p.checkpoint_folder()
-    arch = resolve_architecture(p.spec, folder)
-    checkpoint = Checkpoint.open(folder)
-    plan_weights(p.spec, arch, checkpoint)
-    tokenizer_file = inside(folder, p.spec.tokenizer.file, "tokenizer.file")
-    if not tokenizer_file.is_file():
-        raise EdgeLLMError(f"checkpoint {folder.name}: tokenizer file {p.spec.tokenizer.file} is missing; fix tokenizer.file in the spec")
-    tokenizer = load_tokenizer(tokenizer_file)  # a damaged tokenizer fails here, not in a runtime
-    if tokenizer.vocab_size > arch.vocab_size:
-        raise EdgeLLMError(f"checkpoint {folder.name}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {arch.vocab_size}; "
-                           "fix tokenizer.file in the spec (it names another model's tokenizer)")
-    check_memory(arch, p.spec.export, weight_elements(checkpoint))
-    if arch.kind != "decoder":
-        from edgellm_cli.encoder_stages import check_lengths
+    # Hashing gigabytes of weights (the GIL released) runs beside the checks, which mostly import libraries.
+    hashing = ThreadPoolExecutor(max_workers=1)
+    digests = {f.name: hashing.submit(file_digest, f) for f in sorted(folder.iterdir()) if f.is_file()}
+    try:
+        arch = resolve_architecture(p.spec, folder)
+        checkpoint = Checkpoint.open(folder)
+        plan_weights(p.spec, arch, checkpoint)
+        tokenizer_file = inside(folder, p.spec.tokenizer.file, "tokenizer.file")
+        if not tokenizer_file.is_file():
+            raise EdgeLLMError(f"checkpoint {folder.name}: tokenizer file {p.spec.tokenizer.file} is missing; fix tokenizer.file in the spec")
+        tokenizer = load_tokenizer(tokenizer_file)  # a damaged tokenizer fails here, not in a runtime
+        if tokenizer.vocab_size > arch.vocab_size:
+            raise EdgeLLMError(f"checkpoint {folder.name}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {arch.vocab_size}; "
+                               "fix tokenizer.file in the spec (it names another model's tokenizer)")
+        check_memory(arch, p.spec.export, weight_elements(checkpoint))
+        if arch.kind != "decoder":
+            from edgellm_cli.encoder_stages import check_lengths
 
-        check_lengths(p.spec, arch)
-    return {
-        "checkpoint_dir": str(folder),
-        "weight_elements": weight_elements(checkpoint),
-        "file_digests": {f.name: file_digest(f) for f in sorted(folder.iterdir()) if f.is_file()},
-        "architecture": arch.model_dump(mode="json"),
-        "prompt": resolve_prompt_settings(p.spec, folder).model_dump(mode="json"),
-    }
+            check_lengths(p.spec, arch)
+        return {
+            "checkpoint_dir": str(folder),
+            "weight_elements": weight_elements(checkpoint),
+            "file_digests": {name: digest.result() for name, digest in digests.items()},
+            "architecture": arch.model_dump(mode="json"),
+            "prompt": resolve_prompt_settings(p.spec, folder).model_dump(mode="json"),
+        }
+    finally:
+        hashing.shutdown(cancel_futures=True)
 
 
 def _verify_inputs(p: Pipeline) -> dict:
@@ -484,7 +494,6 @@ def _quantize_inputs(p: Pipeline) -> dict:
 
 
 def _quantize(p: Pipeline, folder: Path) -> dict:
-    from edgellm_cli.calibration import load_hessians
     from edgellm_cli.quantize import quantize_tflite
 
     model, out = p.result(p.model_stage).file, folder / MODEL_FILE
@@ -492,7 +501,7 @@ def _quantize(p: Pipeline, folder: Path) -> dict:
         return {"file": MODEL_FILE, **quantize_tflite(model, p.recipe, out)}
     from edgellm_cli.search import window_nll
 
-    report = quantize_tflite(model, p.recipe, out, load_hessians(p.result("calibrate").path))
+    report = quantize_tflite(model, p.recipe, out, p.result("calibrate").path)
     windows, signature = _held_out(p)
     ratio = math.exp(window_nll(out, windows, signature) - window_nll(model, windows, signature))
     return {"file": MODEL_FILE, **report, "held_out_ppl_ratio": round(ratio, 4), "held_out_tokens": sum(len(w) - 1 for w in windows)}

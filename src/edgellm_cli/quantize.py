@@ -192,49 +192,35 @@ def plan_recipe(recipe: Recipe, ops: list[OpInfo]) -> tuple[list[dict], list[str
     return entries, sorted(set(fallbacks))
 
 
-def calibrated_weights(recipe: Recipe, ops: list[OpInfo], hessians: dict[int, object], readers: dict[int, list[tuple[int, int, int]]]) -> dict:
-    """The Hessians of the weights whose every reader is decided by a gptq rule."""
+def calibrated_weights(recipe: Recipe, ops: list[OpInfo], hessians: dict[int, object], readers: dict[int, list[tuple[int, int, int]]]) -> list[int]:
+    """The calibrated weights (float buffers) whose every reader is decided by a gptq rule."""
     by_position = {op.position: op for op in ops}
-    chosen = {}
-    for buffer, hessian in hessians.items():
+    chosen = []
+    for buffer in hessians:
         rules = [_winner(recipe, by_position[(s, o)]) for s, o, _ in readers.get(buffer, [])]
         if rules and all(rule is not None and rule.algorithm == "gptq" for rule in rules):
-            chosen[buffer] = hessian
+            chosen.append(buffer)
     return chosen
 
 
-def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path, hessians: dict[int, object] | None = None) -> dict:
+def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path, calibration: Path | None = None) -> dict:
     """Write `out_path`, the model quantized by `recipe` (GPTQ where its rules say so, from the
-    calibration Hessians per float weight buffer); returns its sizes, the block fallbacks and how
-    the quantized model agrees with the float one."""
-    from ai_edge_quantizer import quantizer
-
-    from edgellm_cli.calibration import weight_readers
-    from edgellm_cli.files import write_bytes_atomically
-    from edgellm_cli.quiet import native_output_to
+    calibration stage's folder); returns its sizes, the block fallbacks, how the quantized model
+    agrees with the float one and the peak memory of the worker that quantized it."""
+    from edgellm_cli.isolated import run_isolated
 
     ops = model_ops(model_path)
     entries, fallbacks = plan_recipe(recipe, ops)
+    calibrated: list[int] = []
     if recipe.calibrated:
-        if hessians is None:
+        from edgellm_cli.calibration import load_hessians, weight_readers
+
+        if calibration is None:
             raise EdgeLLMError(f"recipe {recipe.name} uses gptq, which needs calibration text")
-        hessians = calibrated_weights(recipe, ops, hessians, weight_readers(model_path)[0])
-    try:
-        with native_output_to(out_path.with_suffix(".log")):
-            qt = quantizer.Quantizer(str(model_path))
-            qt.load_quantization_recipe(entries)
-            qt.quantize().export_model(str(out_path), overwrite=True)
-    except Exception as exc:  # noqa: BLE001 - whatever the quantizer raises, the remedy is another rule
-        raise EdgeLLMError(
-            f"recipe {recipe.name}: ai-edge-quantizer failed on it ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            "change the mode or granularity of the rule for these ops"
-        ) from None
-    data = bytearray(out_path.read_bytes())
-    calibrated = write_calibrated_weights(data, model_path, hessians) if hessians else 0
-    repaired = repair_zero_scales(data)
-    if calibrated or repaired:
-        write_bytes_atomically(out_path, data)
-    del data
+        calibrated = calibrated_weights(recipe, ops, load_hessians(calibration), weight_readers(model_path)[0])
+    # ai-edge-quantizer's memory (its model and output, a third of the float model) outlives the
+    # call; in a worker it ends with it, before the check loads the float model into LiteRT.
+    (repaired, solved), peak = run_isolated(_write_quantized, (model_path, entries, recipe.name, out_path, calibration, calibrated), "ai-edge-quantizer")
     before, after = model_path.stat().st_size, out_path.stat().st_size
     return {
         "recipe": recipe.name,
@@ -243,9 +229,43 @@ def quantize_tflite(model_path: Path, recipe: Recipe, out_path: Path, hessians: 
         "ratio": round(after / before, 4),
         "block_fallbacks": fallbacks,
         "zero_scales_repaired": repaired,
-        "gptq_weights": calibrated,
+        "gptq_weights": solved,
+        "worker_peak_rss_bytes": peak,
         **check_quantized(model_path, out_path, recipe.name),
     }
+
+
+def _write_quantized(model_path: Path, entries: list[dict], recipe_name: str, out_path: Path, calibration: Path | None,
+                     calibrated: list[int]) -> tuple[int, int]:
+    """ai-edge-quantizer's run of the recipe `entries`, written to `out_path`, then GPTQ's integers
+    for the `calibrated` weights; returns the zero scales repaired and the weights GPTQ solved."""
+    from ai_edge_quantizer import quantizer
+
+    from edgellm_cli.files import write_bytes_atomically
+    from edgellm_cli.quiet import native_output_to
+
+    try:
+        with native_output_to(out_path.with_suffix(".log")):
+            qt = quantizer.Quantizer(str(model_path))
+            qt.load_quantization_recipe(entries)
+            qt.quantize().export_model(str(out_path), overwrite=True)
+            del qt
+    except Exception as exc:  # noqa: BLE001 - whatever the quantizer raises, the remedy is another rule
+        raise EdgeLLMError(
+            f"recipe {recipe_name}: ai-edge-quantizer failed on it ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "change the mode or granularity of the rule for these ops"
+        ) from None
+    data = bytearray(out_path.read_bytes())
+    solved = 0
+    if calibrated:
+        from edgellm_cli.calibration import load_hessians
+
+        hessians = load_hessians(calibration)
+        solved = write_calibrated_weights(data, model_path, {buffer: hessians[buffer] for buffer in calibrated})
+    repaired = repair_zero_scales(data)
+    if solved or repaired:
+        write_bytes_atomically(out_path, data)
+    return repaired, solved
 
 
 def _scales_of(flat, schema, subgraph, tensor):

@@ -22,12 +22,8 @@ def verification_pair(vocab_size: int, num_tokens: int, longest_input: int, kv_c
 
 def reference_logits(checkpoint_dir: Path, encoder_ids: list[int], decoder_ids: list[int]) -> np.ndarray:
     import torch
-    from transformers import AutoModelForSeq2SeqLM
 
-    try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint_dir, dtype=torch.float32, attn_implementation="eager").eval()
-    except (OSError, ValueError, KeyError) as exc:
-        raise EdgeLLMError(f"transformers cannot load {checkpoint_dir} as the reference ({str(exc).splitlines()[0]})") from None
+    model = decoder_verify.load_reference(checkpoint_dir, "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING")
     with torch.no_grad():
         return model(input_ids=torch.tensor([encoder_ids]), decoder_input_ids=torch.tensor([decoder_ids])).logits[0].numpy()
 

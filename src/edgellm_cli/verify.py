@@ -19,17 +19,41 @@ def verification_tokens(vocab_size: int, count: int, bos_id: int | None) -> list
     return tokens
 
 
+def load_reference(checkpoint_dir: Path, mapping: str):
+    """transformers' own model of `checkpoint_dir` in float32 with eager attention, the class chosen
+    by `mapping` (MODEL_FOR_CAUSAL_LM_MAPPING, ...) as its Auto class would.
+
+    Safetensors weights reach it through plain reads (the loader's reasons): transformers maps
+    the files, and the mapped pages of a bfloat16 checkpoint would stay in memory beside the
+    float32 model until loading ends."""
+    from contextlib import ExitStack
+
+    import torch
+    import transformers
+    from safetensors import safe_open
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(checkpoint_dir)
+        model_class = getattr(transformers, mapping)[type(config)]
+        options = {"config": config, "dtype": torch.float32, "attn_implementation": "eager"}
+        files = sorted(checkpoint_dir.glob("*.safetensors"))
+        if not files:
+            return model_class.from_pretrained(checkpoint_dir, **options).eval()
+        with ExitStack() as files_open:
+            handles = [files_open.enter_context(safe_open(str(f), framework="pt", backend="pread")) for f in files]
+            weights = {name: handle.get_slice(name) for handle in handles for name in handle.keys()}  # noqa: SIM118 - a handle is not iterable
+            return model_class.from_pretrained(None, state_dict=weights, **options).eval()
+    except (OSError, ValueError, KeyError) as exc:
+        raise EdgeLLMError(f"transformers cannot load {checkpoint_dir} as the reference ({str(exc).splitlines()[0]})") from None
+
+
 def reference_logits(checkpoint_dir: Path, tokens: list[int]) -> np.ndarray:
     """Logits [len(tokens), vocab] of the original `transformers` model, in float32."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32, attn_implementation="eager")
-    except (OSError, ValueError, KeyError) as exc:
-        raise EdgeLLMError(f"transformers cannot load {checkpoint_dir} as the reference ({str(exc).splitlines()[0]})") from None
+    model = load_reference(checkpoint_dir, "MODEL_FOR_CAUSAL_LM_MAPPING")
     with torch.no_grad():
-        return model.eval()(torch.tensor([tokens])).logits[0].float().numpy()
+        return model(torch.tensor([tokens])).logits[0].float().numpy()
 
 
 def reauthored_logits(decoder, tokens: list[int]) -> np.ndarray:
