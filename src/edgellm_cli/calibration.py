@@ -127,7 +127,7 @@ def widest_prefill(model_path: Path) -> int:
     return max(int(name.removeprefix("prefill_")) for name in check_generative(model_path) if re.fullmatch(r"prefill_\d+", name))
 
 
-def held_out_windows(tokens: list[int], width: int, count: int = 8) -> list[list[int]]:
+def held_out_windows(tokens: list[int], width: int, count: int = 16) -> list[list[int]]:
     """Windows of the calibration text after those calibration used, for measuring choices made
     with it; the calibration windows themselves when the text has no more."""
     return calibration_windows(tokens[DEFAULT_WINDOWS * width :], width, count) if len(tokens) >= (DEFAULT_WINDOWS + 1) * width else \

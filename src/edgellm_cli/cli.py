@@ -142,7 +142,7 @@ def _summary(result) -> str:
         return f"{report['recipe']}: {report['size_before'] / 1e6:.2f} MB -> {report['size_after'] / 1e6:.2f} MB ({report['ratio']:.1%}){agreement}{gptq}{fallback}"
     if result.stage == "sensitivity":
         costs = report["int4_costs"].values()
-        return f"{len(report['groups'])} layer groups, int4 costs {min(costs):.4f}..{max(costs):.4f} nats/token"
+        return f"{len(report['groups'])} layer groups, int4 costs KL {min(costs):.4f}..{max(costs):.4f} per token"
     if result.stage == "search":
         chosen = report["chosen"]
         return (f"{len(chosen['int4_groups'])} of {len(report['frontier']) - 1} groups int4, perplexity ratio {chosen['measured_ppl_ratio']:.4f} "
@@ -452,20 +452,22 @@ def quantize(model, recipe, search, max_ppl_ratio, output, as_json, calibration,
     """Quantize a .tflite with a recipe; every signature and I/O name is kept. Recipes with gptq
     rules first run the model on calibration text (a cached stage)."""
     from edgellm_cli.files import publish
-    from edgellm_cli.quantize import Recipe, load_recipe
+    from edgellm_cli.pipeline import quantize_searched
+    from edgellm_cli.quantize import load_recipe
 
     if (recipe is None) == (not search):
         raise click.UsageError("give either --recipe NAME or --search")
     pipeline = _pipeline(_Progress(model.name, as_json, "quantize"), model=model, recipe=load_recipe(recipe) if recipe else None,
                          calibration=calibration, tokenizer=tokenizer, max_ppl_ratio=max_ppl_ratio if search else None)
-    searched = pipeline.result("search") if search else None
-    if searched is not None:
-        pipeline.recipe = Recipe.model_validate(searched.report["recipe"])
-    result = pipeline.result("quantize")
+    searched = None
+    if search:
+        searched, result = quantize_searched(pipeline)
+    else:
+        result = pipeline.result("quantize")
     output = publish(result.file, output or model.with_name(f"{model.stem}-{pipeline.recipe.name}.tflite"))
-    recipe_file = publish(searched.file, output.with_suffix(".yaml")) if searched is not None else None
+    recipe_file = pipeline.recipe.write(output.with_suffix(".yaml")) if searched is not None else None
     if as_json:
-        extra = {"recipe_file": str(recipe_file), "search": searched.report} if searched is not None else {}
+        extra = {"recipe_file": str(recipe_file), "search": searched.report, "recipe": pipeline.recipe.model_dump()} if searched is not None else {}
         emit_json({**result.as_json(), "output": str(output), **extra})
         return
     if searched is not None:
@@ -488,7 +490,7 @@ def _print_frontier(search: dict, quantized: dict) -> None:
         measured = f"{p['measured_ppl_ratio']:.4f}" if "measured_ppl_ratio" in p else ""
         table.add_row(f"{len(p['int4_groups'])}/{len(points) - 1}", f"{p['grouped_bytes'] / 1e6:.1f} MB", f"{p['predicted_ppl_ratio']:.4f}", measured)
     Console().print(table)
-    click.echo(f"chosen: {len(search['chosen']['int4_groups'])} groups in int4; the quantized model: {quantized['size_after'] / 1e6:.2f} MB "
+    click.echo(f"chosen: {len(search['chosen']['int4_groups'])} groups in int4 (measured weights only); as quantized: {quantized['size_after'] / 1e6:.2f} MB "
                f"({quantized['ratio']:.1%} of float), perplexity ratio {quantized['held_out_ppl_ratio']:.4f} on held-out calibration text")
 
 

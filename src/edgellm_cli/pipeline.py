@@ -139,6 +139,10 @@ class Pipeline:
             self.result(need)
         return artifact_key(name, stage.inputs(self), stage.libraries)
 
+    def forget(self, name: str) -> None:
+        """Drop stage `name`'s memoised result (after changing what it is made from)."""
+        self._results.pop(name, None)
+
     def run(self, names: list[str]) -> list[StageResult]:
         return [self.result(name) for name in names]
 
@@ -470,18 +474,35 @@ def _sensitivity(p: Pipeline, _: Path) -> dict:
     return {"groups": [asdict(g) for g in groups], "windows": len(probe.windows), **measure_sensitivity(probe, groups)}
 
 
-def _search(p: Pipeline, folder: Path) -> dict:
-    import yaml
-
-    from edgellm_cli.search import Group, choose, frontier, search_recipe
+def _search(p: Pipeline, _: Path) -> dict:
+    from edgellm_cli.search import Group, choose, frontier
 
     measured = p.result("sensitivity").report
     groups = [Group(**g) for g in measured["groups"]]
     points = frontier(groups, measured)
-    chosen, checked = choose(_weight_probe(p), groups, points, measured["float_nll"], p.max_ppl_ratio)
-    recipe = search_recipe([g for g in groups if g.name in chosen["int4_groups"]], f"search-{p.max_ppl_ratio:g}")
-    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(exclude_defaults=True), sort_keys=False), encoding="utf-8")
-    return {"file": "recipe.yaml", "recipe": recipe.model_dump(), "max_ppl_ratio": p.max_ppl_ratio, "frontier": points, "chosen": chosen, "checked": len(checked)}
+    chosen, checked = choose(_weight_probe(p), groups, points, p.max_ppl_ratio)
+    return {"max_ppl_ratio": p.max_ppl_ratio, "frontier": points, "chosen": chosen, "checked": len(checked)}
+
+
+def quantize_searched(p: Pipeline) -> tuple[StageResult, StageResult]:
+    """The search's choice quantized as it ships (activations quantized too, which weights-only
+    measurements do not see); while its perplexity ratio on the held-out text is over the budget,
+    a smaller frontier point, stepped back by the excess. Sets `p.recipe` to the one kept."""
+    from edgellm_cli.search import Group, search_recipe
+
+    searched = p.result("search")
+    groups = {g["name"]: Group(**g) for g in p.result("sensitivity").report["groups"]}
+    points = searched.report["frontier"]
+    index = len(searched.report["chosen"]["int4_groups"])
+    while True:
+        p.recipe = search_recipe([groups[name] for name in points[index]["int4_groups"]], f"search-{p.max_ppl_ratio:g}")
+        p.forget("quantize")  # another recipe: another quantize stage
+        quantized = p.result("quantize")
+        excess = math.log(quantized.report["held_out_ppl_ratio"]) - math.log(p.max_ppl_ratio)
+        if excess <= 0 or index == 0:
+            return searched, quantized
+        target = math.log(points[index]["predicted_ppl_ratio"]) - excess
+        index = max([i for i in range(index) if math.log(points[i]["predicted_ppl_ratio"]) <= target] or [0])
 
 
 def _quantize_needs(p: Pipeline) -> list[str]:
@@ -499,11 +520,11 @@ def _quantize(p: Pipeline, folder: Path) -> dict:
     model, out = p.result(p.model_stage).file, folder / MODEL_FILE
     if not p.recipe.calibrated:
         return {"file": MODEL_FILE, **quantize_tflite(model, p.recipe, out)}
-    from edgellm_cli.search import window_nll
+    from edgellm_cli.search import score_windows
 
     report = quantize_tflite(model, p.recipe, out, p.result("calibrate").path)
     windows, signature = _held_out(p)
-    ratio = math.exp(window_nll(out, windows, signature) - window_nll(model, windows, signature))
+    ratio = math.exp(score_windows(out, windows, signature)[0] - score_windows(model, windows, signature)[0])
     return {"file": MODEL_FILE, **report, "held_out_ppl_ratio": round(ratio, 4), "held_out_tokens": sum(len(w) - 1 for w in windows)}
 
 

@@ -95,6 +95,13 @@ class Recipe(BaseModel):
     def to_aeq(self) -> list[dict]:
         return [entry for rule in self.rules for entry in rule.to_aeq()]
 
+    def write(self, path: Path) -> Path:
+        """The recipe as a YAML file that load_recipe reads back."""
+        from edgellm_cli.files import write_bytes_atomically
+
+        write_bytes_atomically(path, yaml.safe_dump(self.model_dump(exclude_defaults=True), sort_keys=False).encode())
+        return path
+
     @property
     def calibrated(self) -> bool:
         """Whether it needs calibration text (a rule uses gptq)."""

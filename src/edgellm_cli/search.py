@@ -1,11 +1,13 @@
 """`quantize --search`: the smallest mix of int4 and int8 layer groups within a perplexity budget.
 
 Each layer group (one block's attention, one block's MLP) is measured once: the float model with
-only that group's weights in int4 (by GPTQ), its mean log-likelihood on held-out calibration text
-against the float model's. Treating those costs as additive, groups move from int8 to int4 in
-order of cost per byte saved; every prefix of that order is a point of the size-accuracy
-frontier, and the largest prefix predicted within the budget is checked by measuring it whole
-(stepping back while it is over). Measurements put GPTQ's dequantized weights into a copy of the
+only that group's weights in int4 (by GPTQ), its mean KL divergence from the float model on
+held-out calibration text (KL, unlike a difference of perplexities, is never negative and barely
+noisy at the size of one group's error). Treating those costs as additive, groups move from int8
+to int4 in order of cost per byte saved; every prefix of that order is a point of the
+size-accuracy frontier, its perplexity ratio predicted as exp(total KL), which bounds it in
+practice. The largest prefix predicted within the budget is checked by measuring its perplexity
+ratio whole (stepping back while it is over). Measurements put GPTQ's dequantized weights into a copy of the
 float model, so they see weight error only; the quantized model the chosen recipe writes is then
 evaluated as shipped.
 """
@@ -93,6 +95,7 @@ class WeightProbe:
         self.places = {b: buffer_data(flat.Buffers(b)) for b in self.shapes}
         self.float_values = {b: bytes(self.data[start : start + length]) for b, (start, length) in self.places.items()}
         self._solved: dict[tuple[int, int, int | None], bytes] = {}
+        self.float_nll, _, self.float_logp = score_windows(bytes(self.data), windows, signature)
 
     def _dequantized(self, buffer: int, precision: tuple[int, int | None]) -> bytes:
         from edgellm_cli.gptq import quantize_weight
@@ -103,16 +106,18 @@ class WeightProbe:
             self._solved[key] = quantize_weight(weight, self.hessians[buffer], *precision).dequantized().astype(np.float32).tobytes()
         return self._solved[key]
 
-    def nll(self, assignment: dict[int, tuple[int, int | None]]) -> float:
-        """Mean NLL per token with the weights in `assignment` quantized, the others float."""
+    def score(self, assignment: dict[int, tuple[int, int | None]]) -> tuple[float, float]:
+        """(perplexity ratio, mean KL from float) with the weights in `assignment` quantized, the others float."""
         for buffer, (start, length) in self.places.items():
             self.data[start : start + length] = self._dequantized(buffer, assignment[buffer]) if buffer in assignment else self.float_values[buffer]
-        return window_nll(bytes(self.data), self.windows, self.signature)
+        nll, kl, _ = score_windows(bytes(self.data), self.windows, self.signature, self.float_logp)
+        return math.exp(nll - self.float_nll), kl
 
 
-def window_nll(model: bytes | Path, windows: list[list[int]], signature: str) -> float:
+def score_windows(model: bytes | Path, windows: list[list[int]], signature: str, reference: list[np.ndarray] | None = None):
     """Mean negative log-likelihood per token of each window's continuation, every window run
-    from position 0 through `signature` (a prefill as wide as the windows) in LiteRT's CPU path."""
+    from position 0 through `signature` (a prefill as wide as the windows) in LiteRT's CPU path;
+    mean KL from `reference` (log-probabilities per window); and these log-probabilities (float16)."""
     from ai_edge_litert.interpreter import Interpreter
 
     from edgellm_cli.quiet import native_output_to
@@ -121,41 +126,40 @@ def window_nll(model: bytes | Path, windows: list[list[int]], signature: str) ->
         interpreter = Interpreter(**{"model_path": str(model)} if isinstance(model, Path) else {"model_content": model}, num_threads=os.cpu_count())
     runner = interpreter.get_signature_runner(signature)
     caches = {name: np.zeros(d["shape"], d["dtype"]) for name, d in runner.get_input_details().items() if name.startswith("kv_cache")}
-    total, count = 0.0, 0
-    for window in windows:
+    nll, kl, count, logps = 0.0, 0.0, 0, []
+    for i, window in enumerate(windows):
         logits = runner(tokens=np.array([window], np.int32), input_pos=np.arange(len(window), dtype=np.int32), **caches)["logits"][0, :-1]
         logits = logits.astype(np.float64) - logits.max(-1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        total -= float(logp[np.arange(len(window) - 1), window[1:]].sum())
+        nll -= float(logp[np.arange(len(window) - 1), window[1:]].sum())
+        if reference is not None:
+            expected = reference[i].astype(np.float64)
+            kl += float((np.exp(expected) * (expected - logp)).sum())
+        else:
+            logps.append(logp.astype(np.float16))
         count += len(window) - 1
-    return total / count
+    return nll / count, kl / count, logps
 
 
-def measure_sensitivity(probe: WeightProbe, groups: list[Group], on_progress=lambda done, total: None) -> dict:
-    """Float NLL, all-int8 NLL, and per group the NLL cost of int4 with everything else float."""
-    float_nll = probe.nll({})
-    all_int8 = probe.nll({b: INT8 for g in groups for b in g.buffers})
-    costs = {}
-    for i, group in enumerate(groups):
-        on_progress(i, len(groups))
-        costs[group.name] = probe.nll(group.int4()) - float_nll
-    return {"float_nll": float_nll, "int8_cost": all_int8 - float_nll, "int4_costs": costs}
+def measure_sensitivity(probe: WeightProbe, groups: list[Group]) -> dict:
+    """The KL cost of all weights in int8, and per group the KL cost of int4 with everything else float."""
+    return {"int8_cost": probe.score({b: INT8 for g in groups for b in g.buffers})[1], "int4_costs": {g.name: probe.score(g.int4())[1] for g in groups}}
 
 
 def frontier(groups: list[Group], sensitivity: dict) -> list[dict]:
     """Points from all-int8 to all-int4, groups added cheapest per byte first; each with its
     predicted perplexity ratio and size of the grouped weights."""
-    order = sorted(groups, key=lambda g: max(sensitivity["int4_costs"][g.name], 0.0) / (g.int8_bytes - g.int4_bytes))
+    order = sorted(groups, key=lambda g: sensitivity["int4_costs"][g.name] / (g.int8_bytes - g.int4_bytes))
     cost, size = sensitivity["int8_cost"], sum(g.int8_bytes for g in groups)
     points = [{"int4_groups": [], "predicted_ppl_ratio": math.exp(cost), "grouped_bytes": size}]
     for group in order:
-        cost += max(sensitivity["int4_costs"][group.name], 0.0)
+        cost += sensitivity["int4_costs"][group.name]
         size -= group.int8_bytes - group.int4_bytes
         points.append({"int4_groups": [*points[-1]["int4_groups"], group.name], "predicted_ppl_ratio": math.exp(cost), "grouped_bytes": size})
     return points
 
 
-def choose(probe: WeightProbe, groups: list[Group], points: list[dict], float_nll: float, max_ppl_ratio: float) -> tuple[dict, list[dict]]:
+def choose(probe: WeightProbe, groups: list[Group], points: list[dict], max_ppl_ratio: float) -> tuple[dict, list[dict]]:
     """The largest frontier prefix predicted within the budget, measured whole and stepped back
     while over it; returns the choice and every point measured."""
     by_name = {g.name: g for g in groups}
@@ -167,7 +171,7 @@ def choose(probe: WeightProbe, groups: list[Group], points: list[dict], float_nl
         assignment = {b: INT8 for g in groups for b in g.buffers}
         for group in chosen:
             assignment |= group.int4()
-        point = {**point, "measured_ppl_ratio": math.exp(probe.nll(assignment) - float_nll)}
+        point = {**point, "measured_ppl_ratio": probe.score(assignment)[0]}
         points[index] = point
         measured.append(point)
         if point["measured_ppl_ratio"] <= max_ppl_ratio or index == 0:
