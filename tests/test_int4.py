@@ -7,7 +7,7 @@ import mmap
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
-from conftest import asset, cache_files, run_cli
+from conftest import SPECS, asset, cache_files, run_cli
 
 from edgellm_cli.cache import ArtifactCache
 from edgellm_cli.calibration import load_hessians, weight_readers
@@ -153,3 +153,12 @@ def test_bad_quantize_requests_are_one_line_errors(stories_build, tmp_path, args
     result = run_cli("quantize", str(stories_build.output / "model.tflite"), *args, "-o", str(tmp_path / "q.tflite"), cache=cache)
     assert result.code == 2 and needle in result.stderr, result.stderr
     assert not (tmp_path / "q.tflite").exists() and cache_files(cache) == []
+
+
+def test_build_with_the_int4_recipe_calibrates_then_quantizes(stories_build, tmp_path):
+    result = run_cli("build", "--spec", str(SPECS / "stories260k.yaml"), "--recipe", "int4", "-o", str(tmp_path / "out"), "--json", cache=stories_build.cache)
+    assert result.code == 0, result.stderr
+    stages = {s["stage"]: s for s in json.loads(result.stdout)["stages"]}
+    assert list(stages)[-3:] == ["calibrate", "quantize", "export"]
+    assert stages["calibrate"]["tokens"] == 32 * 32 and stages["quantize"]["gptq_weights"] == 35  # 32 windows of prefill_32
+    assert 0.5 < stages["quantize"]["held_out_ppl_ratio"] < 1.5 and stages["quantize"]["top1_agreement_with_float"] > 0.5

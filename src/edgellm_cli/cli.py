@@ -61,6 +61,11 @@ def _load_spec(path: str):
     return load_spec(path)
 
 
+calibration_option = click.option(
+    "--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Text that calibrates a recipe's gptq rules (default: the shipped recipes/calibration.txt; held-out windows of it score the result).")
+
+
 def pipeline_options(func):
     """Options shared by every command that works from a spec."""
     decorators = [
@@ -196,8 +201,7 @@ def cli() -> None:
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Write model.tflite, tokenizer and edgellm.json here (default: build/<spec name>).")
 @click.option("--recipe", help="Then quantize with this recipe (a name from `edgellm recipes list`, or a YAML file).")
 @click.option("--bundle", "bundle_formats", multiple=True, type=BundleFormat(), help="Then bundle the output for this runtime (repeatable).")
-@click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Text that calibrates a recipe's gptq rules (default: the shipped recipes/calibration.txt).")
+@calibration_option
 def build(spec_path, checkpoint, token, offline, as_json, output, recipe, bundle_formats, calibration) -> None:
     """Run fetch -> verify -> convert -> verify-tflite (-> quantize -> bundle), skipping stages already cached."""
     from edgellm_cli.quantize import load_recipe
@@ -445,8 +449,7 @@ def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_j
               help="--search's budget: perplexity over the float model's, on held-out calibration text.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write it (default: MODEL-<recipe>.tflite beside MODEL).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Text that calibrates a recipe's gptq rules (default: the shipped recipes/calibration.txt).")
+@calibration_option
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="For calibration (default: the one named by edgellm.json beside MODEL).")
 def quantize(model, recipe, search, max_ppl_ratio, output, as_json, calibration, tokenizer) -> None:
     """Quantize a .tflite with a recipe; every signature and I/O name is kept. Recipes with gptq
