@@ -188,14 +188,19 @@ def plan_recipe(recipe: Recipe, ops: list[OpInfo]) -> tuple[list[dict], list[str
                 "fix its regular expression or op names"
             )
     entries, fallbacks = recipe.to_aeq(), []
+    per_channel: dict[tuple[int, str], set[str]] = {}  # (rule index, op name): scopes
     for op in ops:
         winner = _winner(recipe, op)
         if winner is None or op.weight_shape is None or not winner.granularity.startswith("block"):
             continue
         if op.weight_shape[-1] % int(winner.granularity.removeprefix("block")):
-            channelwise = winner.model_copy(update={"match": "^" + re.escape(op.scope) + "$", "ops": [op.name], "granularity": "channel"})
-            entries += channelwise.to_aeq()
+            per_channel.setdefault((recipe.rules.index(winner), op.name), set()).add(re.escape(op.scope))
             fallbacks.append(_short_name(op.scope))
+    # One rule per winner and op type: the quantizer compiles each distinct pattern, and Python's
+    # regex cache (512 patterns) thrashed at one per op (minutes on SmolLM2 with 128-blocks).
+    for (index, op_name), scopes in per_channel.items():
+        match = "^(?:" + "|".join(sorted(scopes)) + ")$"
+        entries += recipe.rules[index].model_copy(update={"match": match, "ops": [op_name], "granularity": "channel"}).to_aeq()
     return entries, sorted(set(fallbacks))
 
 
