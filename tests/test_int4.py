@@ -132,7 +132,7 @@ def test_search_writes_a_recipe_that_rebuilds_its_model(stories_build, tmp_path)
     frontier = report["search"]["frontier"]
     assert len(frontier) == 11 and [p["grouped_bytes"] for p in frontier] == sorted((p["grouped_bytes"] for p in frontier), reverse=True)
     chosen = report["search"]["chosen"]
-    assert chosen["measured_ppl_ratio"] <= 1.2 or not chosen["int4_groups"]
+    assert chosen["measured_kl_bound"] <= 1.2 or not chosen["int4_groups"]
     assert report["recipe_file"] == str(tmp_path / "s.yaml")
     again = run_cli("quantize", str(model), "--recipe", report["recipe_file"], "-o", str(tmp_path / "again.tflite"), "--json", cache=stories_build.cache)
     assert (tmp_path / "again.tflite").read_bytes() == (tmp_path / "s.tflite").read_bytes(), again.stderr

@@ -7,6 +7,7 @@ Heavy modules (torch, litert_torch, transformers) are imported inside the comman
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -143,14 +144,14 @@ def _summary(result) -> str:
         agreement = f", top-1 {report['top1_agreement_with_float']:.0%} of float's" if "top1_agreement_with_float" in report else ""
         gptq = f", GPTQ on {report['gptq_weights']} weights" if report.get("gptq_weights") else ""
         if "held_out_ppl_ratio" in report:
-            gptq += f", perplexity ratio {report['held_out_ppl_ratio']:.4f} on held-out calibration text"
+            gptq += f", perplexity ratio {report['held_out_ppl_ratio']:.4f} (KL {report['held_out_mean_kl']:.4f}) on held-out calibration text"
         return f"{report['recipe']}: {report['size_before'] / 1e6:.2f} MB -> {report['size_after'] / 1e6:.2f} MB ({report['ratio']:.1%}){agreement}{gptq}{fallback}"
     if result.stage == "sensitivity":
         costs = report["int4_costs"].values()
         return f"{len(report['groups'])} layer groups, int4 costs KL {min(costs):.4f}..{max(costs):.4f} per token"
     if result.stage == "search":
         chosen = report["chosen"]
-        return (f"{len(chosen['int4_groups'])} of {len(report['frontier']) - 1} groups int4, perplexity ratio {chosen['measured_ppl_ratio']:.4f} "
+        return (f"{len(chosen['int4_groups'])} of {len(report['frontier']) - 1} groups int4, exp(KL) {chosen['measured_kl_bound']:.4f} "
                 f"(weights only, budget {report['max_ppl_ratio']:g})")
     if result.stage == "calibrate":
         return f"{report['windows']} windows, {report['tokens']} tokens, Hessians of {report['weights']} weights"
@@ -485,16 +486,16 @@ def _print_frontier(search: dict, quantized: dict) -> None:
 
     points = search["frontier"]
     shown = sorted({*range(0, len(points), max(1, len(points) // 10)), len(points) - 1,
-                    *(i for i, p in enumerate(points) if "measured_ppl_ratio" in p)})
-    table = Table("int4 groups", "grouped weights", "predicted ppl ratio", "measured (weights only)",
+                    *(i for i, p in enumerate(points) if "measured_kl_bound" in p)})
+    table = Table("int4 groups", "grouped weights", "predicted exp(KL)", "measured exp(KL), weights only",
                   title=f"size-accuracy frontier, budget {search['max_ppl_ratio']:g}")
     for i in shown:
         p = points[i]
-        measured = f"{p['measured_ppl_ratio']:.4f}" if "measured_ppl_ratio" in p else ""
+        measured = f"{p['measured_kl_bound']:.4f}" if "measured_kl_bound" in p else ""
         table.add_row(f"{len(p['int4_groups'])}/{len(points) - 1}", f"{p['grouped_bytes'] / 1e6:.1f} MB", f"{p['predicted_ppl_ratio']:.4f}", measured)
     Console().print(table)
     click.echo(f"chosen: {len(search['chosen']['int4_groups'])} groups in int4 (measured weights only); as quantized: {quantized['size_after'] / 1e6:.2f} MB "
-               f"({quantized['ratio']:.1%} of float), perplexity ratio {quantized['held_out_ppl_ratio']:.4f} on held-out calibration text")
+               f"({quantized['ratio']:.1%} of float), perplexity ratio {quantized['held_out_ppl_ratio']:.4f}, exp(KL) {math.exp(quantized['held_out_mean_kl']):.4f} on held-out calibration text")
 
 
 @cli.command(epilog="\b\nExamples:\n  edgellm bundle build/stories260k/model.tflite --format litertlm\n  edgellm bundle build/stories260k/model.tflite --format task -o stories.task")

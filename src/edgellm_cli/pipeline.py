@@ -486,8 +486,8 @@ def _search(p: Pipeline, _: Path) -> dict:
 
 def quantize_searched(p: Pipeline) -> tuple[StageResult, StageResult]:
     """The search's choice quantized as it ships (activations quantized too, which weights-only
-    measurements do not see); while its perplexity ratio on the held-out text is over the budget,
-    a smaller frontier point, stepped back by the excess. Sets `p.recipe` to the one kept."""
+    measurements do not see); while exp(its mean KL from float on the held-out text) is over the
+    budget, a smaller frontier point, stepped back by the excess. Sets `p.recipe` to the one kept."""
     from edgellm_cli.search import Group, search_recipe
 
     searched = p.result("search")
@@ -498,7 +498,7 @@ def quantize_searched(p: Pipeline) -> tuple[StageResult, StageResult]:
         p.recipe = search_recipe([groups[name] for name in points[index]["int4_groups"]], f"search-{p.max_ppl_ratio:g}")
         p.forget("quantize")  # another recipe: another quantize stage
         quantized = p.result("quantize")
-        excess = math.log(quantized.report["held_out_ppl_ratio"]) - math.log(p.max_ppl_ratio)
+        excess = quantized.report["held_out_mean_kl"] - math.log(p.max_ppl_ratio)  # the budget bounds exp(KL)
         if excess <= 0 or index == 0:
             return searched, quantized
         target = math.log(points[index]["predicted_ppl_ratio"]) - excess
@@ -524,8 +524,10 @@ def _quantize(p: Pipeline, folder: Path) -> dict:
 
     report = quantize_tflite(model, p.recipe, out, p.result("calibrate").path)
     windows, signature = _held_out(p)
-    ratio = math.exp(score_windows(out, windows, signature)[0] - score_windows(model, windows, signature)[0])
-    return {"file": MODEL_FILE, **report, "held_out_ppl_ratio": round(ratio, 4), "held_out_tokens": sum(len(w) - 1 for w in windows)}
+    float_nll, _, float_logp = score_windows(model, windows, signature)
+    nll, kl, _ = score_windows(out, windows, signature, float_logp)
+    return {"file": MODEL_FILE, **report, "held_out_ppl_ratio": round(math.exp(nll - float_nll), 4), "held_out_mean_kl": round(kl, 5),
+            "held_out_tokens": sum(len(w) - 1 for w in windows)}
 
 
 def _bundle_inputs(fmt: str) -> Callable[[Pipeline], dict]:
