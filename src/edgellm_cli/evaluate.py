@@ -23,7 +23,7 @@ def corpus_windows(tokens: list[int], window: int, bos_id: int | None) -> list[l
     return [([bos_id] if bos_id is not None else []) + tokens[i : i + body] for i in range(0, len(tokens) - 1, body) if len(tokens[i : i + body]) > 1]
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
@@ -79,12 +79,12 @@ def evaluate(models: list[Path], tokenizer: Tokenizer, corpus: Path, bos_id: int
     reference_nll = []
     for piece in corpus_windows(tokens, window, bos_id):
         targets = np.arange(len(piece) - 1), np.array(piece[1:])
-        expected = _log_softmax(reference.logits(piece)[:-1].astype(np.float64)) if reference is not None else None
+        expected = log_softmax(reference.logits(piece)[:-1].astype(np.float64)) if reference is not None else None
         if expected is not None:
             reference_nll.extend(-expected[targets])
         for i, runner in enumerate(runners):
             runner.reset()
-            logp = _log_softmax(runner.prefill(piece, 0)[:-1].astype(np.float64))
+            logp = log_softmax(runner.prefill(piece, 0)[:-1].astype(np.float64))
             nll[i].extend(-logp[targets])
             if expected is None:
                 expected = logp

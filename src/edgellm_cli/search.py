@@ -123,6 +123,7 @@ def score_windows(model: bytes | Path, windows: list[list[int]], signature: str,
     mean KL from `reference` (log-probabilities per window); and these log-probabilities (float16)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from edgellm_cli.evaluate import log_softmax
     from edgellm_cli.quiet import native_output_to
 
     with native_output_to(os.devnull):
@@ -132,8 +133,7 @@ def score_windows(model: bytes | Path, windows: list[list[int]], signature: str,
     nll, kl, count, logps = 0.0, 0.0, 0, []
     for i, window in enumerate(windows):
         logits = runner(tokens=np.array([window], np.int32), input_pos=np.arange(len(window), dtype=np.int32), **caches)["logits"][0, :-1]
-        logits = logits.astype(np.float64) - logits.max(-1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        logp = log_softmax(logits.astype(np.float64))
         nll -= float(logp[np.arange(len(window) - 1), window[1:]].sum())
         if reference is not None:
             expected = reference[i].astype(np.float64)
