@@ -22,7 +22,7 @@ def test_build_writes_exactly_the_requested_signatures_with_convention_names(sto
         details = interpreter.get_signature_runner(name).get_input_details()
         assert list(details["tokens"]["shape"]) == [1, n] and details["tokens"]["dtype"] == np.int32
         assert list(details["input_pos"]["shape"]) == [n] and details["input_pos"]["dtype"] == np.int32
-        assert list(details["kv_cache_k_0"]["shape"]) == [1, 256, 4, 8]
+        assert list(details["kv_cache_k_0"]["shape"]) == [1, 4, 256, 8] and list(details["kv_cache_v_0"]["shape"]) == [1, 4, 8, 256]
 
 
 def test_build_report_meets_the_acceptance_tolerances(stories_build):

@@ -229,13 +229,6 @@ def test_two_turns_in_litert_lm_give_the_tokens_edgellm_chat_gives(family, tmp_p
         assert read_litertlm(bundle)["llm"].llm_model_type.WhichOneof("model_type") == "qwen2p5"
 
 
-def test_kv_length_is_read_in_either_converters_layout():
-    from edgellm_cli.runtime import cache_length
-
-    assert cache_length([1, 1024, 3, 64], [1, 1024, 3, 64]) == 1024  # edgellm: [1, T, heads, dim] for both
-    assert cache_length([1, 3, 1024, 64], [1, 3, 64, 1024]) == 1024  # litert-torch: K [1, heads, T, dim], V [1, heads, dim, T]
-
-
 def test_another_tools_model_bundles_with_its_tokenizer_and_stop_ids(stories_build, tmp_path):
     lone = tmp_path / "model.tflite"  # no edgellm.json beside it
     lone.write_bytes((stories_build.output / "model.tflite").read_bytes())

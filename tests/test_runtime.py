@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import DEMO, EXPECTED_GREEDY, asset, run_cli
+from conftest import DEMO, EXPECTED_GREEDY, REPO, asset, run_cli
 
 from edgellm_cli.chat_template import encode_with_specials, render_chat
 from edgellm_cli.errors import EdgeLLMError
@@ -290,3 +290,57 @@ def test_weights_are_packed_once_into_a_cache_keyed_by_content_and_give_the_same
     logits_in_a_process(changed, tmp_path / "e.npy", cache_dir)
     assert len(list((cache_dir / "xnnpack").glob("*.xnnpack"))) == 2
     assert run_cli("cache", "clear", cache=cache_dir).code == 0 and not cache_dir.exists()
+
+
+def _litert_torch_style(decoder, folder):
+    """stories260K written with litert-torch's conventions: the causal mask an input [1, 1, N, T], no
+    prefill logits (and the same K [1, heads, T, dim] / V [1, heads, dim, T] caches)."""
+    import torch
+
+    from edgellm_cli.convert import signature_inputs, write_tflite
+
+    groups = decoder.arch.num_heads // decoder.arch.num_kv_heads
+
+    class MaskInput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = decoder
+
+        def forward(self, tokens, input_pos, mask, **kv_cache):
+            # The model adds the caller's mask instead of building its own.
+            self.decoder.masks = lambda *_: (torch.cat([mask[0, 0]] * groups)[None, None], None)
+            out = self.decoder(tokens, input_pos, kv_cache)
+            return out if tokens.shape[1] == 1 else {name: value for name, value in out.items() if name != "logits"}
+
+    def inputs(n):
+        return {**signature_inputs(decoder, n, 64), "mask": torch.zeros(1, 1, n, 64)}
+
+    path = folder / "litert-torch-style.tflite"
+    write_tflite([("prefill_8", MaskInput().eval(), inputs(8)), ("decode", MaskInput().eval(), inputs(1))], path, folder / "convert.log")
+    return path
+
+
+def test_runtime_drives_litert_torch_conventions_to_the_same_logits_and_text(tmp_path):
+    """A model that takes its mask as an input and gives no prefill logits runs through prefill,
+    decode, sessions and bench exactly as edgellm's own: same logits, same greedy text."""
+    from edgellm_cli.convert import convert_to_tflite
+    from edgellm_cli.loader import Checkpoint, load_model
+    from edgellm_cli.spec import load_spec, resolve_architecture
+
+    spec = load_spec(REPO / "model_specs" / "stories260k.yaml")
+    arch = resolve_architecture(spec, DEMO)
+    decoder = load_model(spec, arch, Checkpoint.open(DEMO))
+    ours_path = tmp_path / "ours.tflite"
+    convert_to_tflite(decoder, [8], 64, ours_path, tmp_path / "ours.log")
+    theirs = LiteRTModel(_litert_torch_style(load_model(spec, arch, Checkpoint.open(DEMO)), tmp_path))
+    ours = LiteRTModel(ours_path)
+    assert not theirs.prefill_gives_logits and ours.prefill_gives_logits and theirs.kv_cache_length == 64
+    prompt = list(range(1, 21))  # past one prefill_8 chunk: chunks, then decode rows
+    np.testing.assert_allclose(theirs.prefill(prompt, 0), ours.prefill(prompt, 0), atol=1e-4)
+    texts = [list(generate(model, prompt, 30, Sampler(), stop_ids=[])) for model in (ours, theirs)]
+    assert texts[0] == texts[1] and len(texts[0]) == 30
+    result = run_cli("bench", str(ours_path), "--compare", str(tmp_path / "litert-torch-style.tflite"),
+                     "--prompt-tokens", "12", "--decode-tokens", "8", "--repeats", "2", "--json", cache=tmp_path / "cache")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["rounds"] == 2 and set(report["ratio"]) >= {"prefill (prefill_8)", "decode, raw invoke"} and all(r > 0 for r in report["ratio"].values())

@@ -102,3 +102,35 @@ def benchmark(
         "pipeline_overhead_percent": round(100 * overhead, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+
+
+def compare(models: list[tuple[Path, Tokenizer | None]], threads: int | None, prompt_tokens: int, decode_tokens: int, rounds: int) -> dict:
+    """Two models (two converters' outputs, say) timed in alternating rounds, one run of each per
+    round, so a slow spell of the machine hits both; each number is the median over rounds, and
+    `ratio` is the first model's speed over the second's."""
+    runs: list[list[dict]] = [[], []]
+    for _ in range(rounds):
+        for side, (path, tokenizer) in enumerate(models):
+            runs[side].append(benchmark(path, tokenizer, threads, prompt_tokens, decode_tokens, repeats=1))
+    medians = [_speeds(side_runs) for side_runs in runs]
+    shared = [name for name in medians[0] if name in medians[1]]
+    return {
+        "models": [str(path) for path, _ in models],
+        "threads": threads or 0,
+        "rounds": rounds,
+        "prompt_tokens": prompt_tokens,
+        "decode_tokens": runs[0][0]["decode_tokens"],
+        "speeds": medians,
+        "ratio": {name: round(medians[0][name] / medians[1][name], 3) for name in shared},
+    }
+
+
+def _speeds(runs: list[dict]) -> dict[str, float]:
+    """Tokens/s per measurement (time to first token as its inverse: higher is better), median over runs."""
+    rows = {
+        **{f"prefill ({name})": [r["prefill"][name]["tokens_per_second"] for r in runs] for name in runs[0]["prefill"]},
+        "decode, raw invoke": [r["raw_decode_tokens_per_second"] for r in runs],
+        "decode, pipeline": [r["decode_tokens_per_second"] for r in runs],
+        "first tokens per second": [1e3 / r["time_to_first_token_ms"] for r in runs],
+    }
+    return {name: round(float(np.median(values)), 2) for name, values in rows.items()}

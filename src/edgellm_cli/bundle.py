@@ -94,15 +94,15 @@ def write_litertlm(inputs: BundleInputs, out: Path) -> BundleReport:
     llm.max_num_tokens = meta.kv_cache_length
     getattr(llm.llm_model_type, model_type(meta.name)).SetInParent()
 
-    # Our caches are [1, T, heads, dim]: without the sequence axis the runtime would guess axis 2.
+    # K is [1, heads, T, dim] and V [1, heads, dim, T]: the runtime needs each one's sequence axis.
     executor = executor_metadata_pb2.ExecutorMetadata()
     layout = executor.llm_executor_metadata
     for name in caches:
         buffer = layout.state_buffers.add()
         buffer.prefill_input_name = buffer.prefill_output_name = buffer.decode_input_name = buffer.decode_output_name = name
-        kind = "TYPE_GLOBAL_KEY_CACHE" if name.startswith("kv_cache_k_") else "TYPE_GLOBAL_VALUE_CACHE"
-        buffer.type = executor_metadata_pb2.StateBuffer.Type.Value(kind)
-        buffer.sequence_axis = 1
+        key = name.startswith("kv_cache_k_")
+        buffer.type = executor_metadata_pb2.StateBuffer.Type.Value("TYPE_GLOBAL_KEY_CACHE" if key else "TYPE_GLOBAL_VALUE_CACHE")
+        buffer.sequence_axis = 2 if key else 3
     layout.attention_mask_settings.attention_mask_type = executor_metadata_pb2.ATTENTION_MASK_TYPE_CAUSAL
 
     with tempfile.TemporaryDirectory() as tmp:

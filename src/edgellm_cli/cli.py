@@ -391,15 +391,18 @@ def embed(model, texts, similarity, tokenizer, threads, as_json) -> None:
             click.echo(" ".join(f"{value:.6f}" for value in vector))
 
 
-@cli.command(epilog="\b\nExample:\n  edgellm bench build/stories260k/model.tflite --threads 2 --json")
+@cli.command(epilog="\b\nExamples:\n  edgellm bench build/stories260k/model.tflite --threads 2 --json\n"
+             "  edgellm bench ours.tflite --compare litert-torch.tflite --threads 2 --repeats 5")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: LiteRT's choice).")
 @click.option("--prompt-tokens", default=32, show_default=True, type=click.IntRange(min=1), help="Prompt length for time to first token.")
 @click.option("--decode-tokens", default=64, show_default=True, type=click.IntRange(min=1), help="Tokens to decode for tokens/s.")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Runs per measurement; the fastest counts (decode: pipeline and raw runs in pairs, overhead = median over pairs).")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="Detokenise in the pipeline numbers (default: the one beside MODEL, if any).")
+@click.option("--compare", type=click.Path(dir_okay=False, path_type=Path),
+              help="A second model (another converter's, say) timed in alternating rounds with MODEL; medians over --repeats rounds and their ratio.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
-def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_json) -> None:
+def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, compare, as_json) -> None:
     """Time to first token, prefill tokens/s per signature, decode tokens/s (pipeline and raw invoke), peak memory.
 
     For an embedding model: milliseconds per call of each embed_N signature."""
@@ -419,9 +422,16 @@ def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_j
     from edgellm_cli.metadata import model_metadata, read_metadata
     from edgellm_cli.tokenizer import load_tokenizer
 
-    if tokenizer is not None or read_metadata(model) is not None:
-        tokenizer = load_tokenizer(model_metadata(model, tokenizer)[1])
-    report = benchmark(model, tokenizer, threads, prompt_tokens, decode_tokens, repeats)
+    def tokenizer_of(path: Path):
+        return load_tokenizer(model_metadata(path, tokenizer)[1]) if tokenizer is not None or read_metadata(path) is not None else None
+
+    if compare is not None:
+        refuse_kind(compare, "bench --compare", ("decoder",))
+        from edgellm_cli.benchmark import compare as compare_models
+
+        _print_comparison(compare_models([(model, tokenizer_of(model)), (compare, tokenizer_of(compare))], threads, prompt_tokens, decode_tokens, repeats), as_json)
+        return
+    report = benchmark(model, tokenizer_of(model), threads, prompt_tokens, decode_tokens, repeats)
     if as_json:
         emit_json(report)
         return
@@ -436,6 +446,21 @@ def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, as_j
     table.add_row("decode, raw invoke", f"{report['raw_decode_tokens_per_second']:.1f} tokens/s")
     table.add_row("pipeline overhead", f"{report['pipeline_overhead_percent']:.1f} % (median of {repeats} paired runs)")
     table.add_row("peak RSS", f"{report['peak_rss_mb']:.0f} MB")
+    Console().print(table)
+
+
+def _print_comparison(report: dict, as_json: bool) -> None:
+    if as_json:
+        emit_json(report)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    first, second = report["models"]
+    table = Table("tokens/s", first, second, "ratio", title=f"median of {report['rounds']} alternating rounds ({report['threads'] or 'default'} threads)")
+    for name in {**report["speeds"][0], **report["speeds"][1]}:
+        cells = [f"{speeds[name]:.1f}" if name in speeds else "-" for speeds in report["speeds"]]
+        table.add_row(name, *cells, f"{report['ratio'][name]:.2f}x" if name in report["ratio"] else "-")
     Console().print(table)
 
 

@@ -2,7 +2,7 @@
 
 Signatures follow the MediaPipe / LiteRT-LM convention: `prefill_{N}` per requested N and
 `decode`, with inputs `tokens` int32 [1, N], `input_pos` int32 [N], `kv_cache_k_{i}` /
-`kv_cache_v_{i}` float32 [1, T, kv_heads, head_dim]; outputs `logits` and the updated caches.
+`kv_cache_v_{i}` float32 (K [1, kv_heads, T, head_dim], V [1, kv_heads, head_dim, T]); outputs `logits` and the updated caches.
 `decode` also outputs `next_token` int32 [1, 1], the arg-max of its logits (for greedy loops).
 """
 
@@ -34,16 +34,29 @@ class _SignatureModule(torch.nn.Module):
 
 @functools.cache
 def _register_lowerings() -> None:
-    """Lower our cache update to stablehlo.dynamic_update_slice, which LiteRT runs in place."""
+    """Lower our cache update to stablehlo.dynamic_update_slice, which LiteRT runs in place, and the
+    attention matmuls to dot_general contracting both last axes (a batched matmul with adj_y)."""
     from litert_converter.mlir import ir
     from litert_converter.mlir.dialects import stablehlo
     from litert_torch.backend import lowerings
 
     @lowerings.lower(torch.ops.edgellm.update_cache)
-    def _update_cache(lctx, cache, update, start):
+    def _update_cache(lctx, cache, update, start, dim):
         i32 = ir.IntegerType.get_signless(32)
         zero = stablehlo.constant(ir.DenseElementsAttr.get_splat(ir.RankedTensorType.get([], i32), ir.IntegerAttr.get(i32, 0)))
-        return stablehlo.dynamic_update_slice(cache, update, [zero, start, zero, zero])
+        starts = [zero] * ir.RankedTensorType(cache.type).rank
+        starts[dim] = start
+        return stablehlo.dynamic_update_slice(cache, update, starts)
+
+    @lowerings.lower(torch.ops.edgellm.matmul_transposed)
+    def _matmul_transposed(lctx, lhs, rhs):
+        lhs_type, rhs_type = ir.RankedTensorType(lhs.type), ir.RankedTensorType(rhs.type)
+        batch, last = list(range(lhs_type.rank - 2)), lhs_type.rank - 1
+        dims = stablehlo.DotDimensionNumbers.get(
+            lhs_batching_dimensions=batch, rhs_batching_dimensions=batch, lhs_contracting_dimensions=[last], rhs_contracting_dimensions=[last]
+        )
+        result = ir.RankedTensorType.get([*lhs_type.shape[:-1], rhs_type.shape[-2]], lhs_type.element_type)
+        return stablehlo.dot_general(result, lhs, rhs, dims)
 
 
 def signature_inputs(decoder: Decoder, length: int, kv_cache_length: int) -> dict[str, torch.Tensor]:

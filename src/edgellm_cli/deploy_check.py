@@ -191,7 +191,7 @@ def _signature_check(model: bytes) -> tuple[Check, Check]:
     decode = signatures["decode"]
     caches = [name for name in decode.inputs if name.startswith("kv_cache_")]
     prefill = sorted((name for name in signatures if name.startswith("prefill_")), key=lambda n: int(n.removeprefix("prefill_")))
-    length = cache_length(decode.shapes[caches[0]], decode.shapes[caches[-1]])
+    length = cache_length(decode.shapes[caches[0]])
     return (Check("signatures", True, ", ".join([*prefill, "decode"])), Check("kv cache", True, f"{length} positions, {len(caches) // 2} layers"))
 
 

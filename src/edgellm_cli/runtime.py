@@ -32,7 +32,9 @@ class _SignatureIO:
     tokens: np.ndarray  # [1, width] int32: the runtime's own memory, or copied into tokens_buffer
     tokens_buffer: object | None  # None when `tokens` is a view of the runtime's buffer
     positions: np.ndarray  # [width] int32, read by the runtime in place
-    logits: np.ndarray  # [width, vocab] float32, written by the runtime in place
+    logits: np.ndarray | None  # [width, vocab] float32, written by the runtime in place (None: no logits output)
+    mask: np.ndarray | None  # [width, T] float32 additive causal mask, for models that take it as an input
+    mask_buffer: object | None  # None when `mask` is a view of the runtime's buffer
     next_token: np.ndarray | None  # [1] int32, the decode signature's arg-max, if it has one
     inputs: dict
     outputs: dict
@@ -41,6 +43,22 @@ class _SignatureIO:
     def one_token(self) -> tuple[memoryview, memoryview, np.ndarray]:
         """Token slot, position slot and logits row for a one-token step, made once."""
         return _int32_slots(self.tokens), _int32_slots(self.positions), self.logits[0]
+
+    def write(self, tokens, start: int) -> None:
+        """Tokens at positions start.. (and their causal mask, if the model takes one)."""
+        self.tokens[0] = tokens
+        if self.tokens_buffer is not None:
+            self.tokens_buffer.write(self.tokens)
+        self.positions[:] = range(start, start + len(self.positions))
+        if self.mask is not None:
+            keys = np.arange(self.mask.shape[1])
+            self.mask[...] = np.where(keys[None, :] <= self.positions[:, None], 0.0, _MASKED)
+            if self.mask_buffer is not None:
+                self.mask_buffer.write(self.mask)
+
+
+# What a model that takes its mask as an input gets for hidden positions: finite, so no row is NaN.
+_MASKED = np.finfo(np.float32).min
 
 
 def _int32_slots(array: np.ndarray) -> memoryview:
@@ -95,17 +113,30 @@ def _host_view(buffer, like: np.ndarray) -> np.ndarray | None:
     return view
 
 
-def cache_length(k_shape, v_shape) -> int:
-    """The positions a KV cache holds. edgellm's K and V are both [1, T, heads, dim]; litert-torch's
-    K is [1, heads, T, dim] and its V [1, heads, dim, T] (the shapes differ, and T is K's axis 2)."""
-    return int(k_shape[1] if tuple(k_shape) == tuple(v_shape) else k_shape[2])
+def _runtime_array(model, signature: str, name: str, shape: tuple, dtype) -> tuple[object, np.ndarray, bool]:
+    """A zeroed input buffer of the runtime's own making (a static N-d input cannot take 1-D host
+    memory), an array for it, and whether the array is a view of the buffer's memory (else the
+    array is copied into the buffer after each change)."""
+    buffer = model.create_input_buffer_by_name(signature, name)
+    array = np.zeros(shape, dtype)
+    view = _host_view(buffer, array)  # leaves the buffer zeroed when it succeeds
+    if view is None:
+        buffer.write(array)  # a new buffer holds whatever was in that memory
+        return buffer, array, False
+    return buffer, view, True
+
+
+def cache_length(k_shape) -> int:
+    """The positions a KV cache holds: K is [1, heads, T, dim] (edgellm's and litert-torch's layout)."""
+    return int(k_shape[2])
 
 
 class LiteRTModel:
     """A `.tflite` that follows the prefill_{N} / decode signature convention."""
 
     def __init__(self, path: Path, num_threads: int | None = None, max_prefill: int | None = None):
-        check_generative(path)  # a damaged file would crash the runtime, not fail
+        # A damaged file would crash the runtime, not fail. litert-torch's prefill gives no logits.
+        signatures_read = check_generative(path, prefill_logits=False)
         cache = weight_cache(path)  # the weights packed once for every signature
         try:
             try:
@@ -126,8 +157,9 @@ class LiteRTModel:
             raise EdgeLLMError(f"no prefill signature is at most {max_prefill} tokens (the model has {sorted(prefill)})")
         details = self._model.get_input_tensor_details("decode")
         self.cache_names = [name for name in signatures["decode"]["inputs"] if name.startswith("kv_cache_")]
-        self.kv_cache_length = cache_length(details[self.cache_names[0]]["shape"], details[self.cache_names[1]]["shape"])
+        self.kv_cache_length = cache_length(details[self.cache_names[0]]["shape"])
         self.vocab_size = int(self._model.get_output_tensor_details("decode")["logits"]["shape"][-1])
+        self.prefill_gives_logits = all("logits" in signatures_read[name].outputs for name in self.prefill_signatures.values())
         with native_output_to():
             self._caches = {name: self._model.create_input_buffer_by_name("decode", name) for name in self.cache_names}
             self._io = {sig: self._signature_io(sig) for sig in [*self.prefill_signatures.values(), "decode"]}
@@ -165,47 +197,42 @@ class LiteRTModel:
         """
         from ai_edge_litert.tensor_buffer import TensorBuffer
 
-        width = int(self._model.get_input_tensor_details(signature)["tokens"]["shape"][-1])
-        positions, logits = _aligned_zeros(width, np.int32), _aligned_zeros(width * self.vocab_size, np.float32)
-        tokens_buffer = self._model.create_input_buffer_by_name(signature, "tokens")
-        tokens = np.zeros((1, width), np.int32)
-        view = _host_view(tokens_buffer, tokens)  # leaves the buffer zeroed when it succeeds
-        if view is None:
-            tokens_buffer.write(tokens)  # a new buffer holds whatever was in that memory
+        input_details = self._model.get_input_tensor_details(signature)
+        width = int(input_details["tokens"]["shape"][-1])
+        positions = _aligned_zeros(width, np.int32)
+        buffer, tokens, is_view = _runtime_array(self._model, signature, "tokens", (1, width), np.int32)
+        inputs = {"tokens": buffer, "input_pos": TensorBuffer.create_from_host_memory(positions), **self._caches}
+        tokens_buffer, mask, mask_buffer = None if is_view else buffer, None, None
+        if "mask" in input_details:  # litert-torch's layout: the causal mask [1, 1, N, T] is the caller's
+            buffer, mask, is_view = _runtime_array(self._model, signature, "mask", tuple(input_details["mask"]["shape"]), np.float32)
+            inputs["mask"], mask_buffer = buffer, None if is_view else buffer
+            mask = mask.reshape(width, -1)
         # The runtime wants a buffer for every output: outputs we do not read (edgellm's decode
         # `next_token` when sampling, other tools' extras) get their own host arrays too.
-        extras = {
+        arrays = {
             name: _aligned_zeros(int(np.prod(detail["shape"])), np.dtype(detail["dtype"]))
             for name, detail in self._model.get_output_tensor_details(signature).items()
-            if name != "logits" and name not in self._caches
+            if name not in self._caches
         }
-        inputs = {"tokens": tokens_buffer, "input_pos": TensorBuffer.create_from_host_memory(positions), **self._caches}
-        outputs = {
-            "logits": TensorBuffer.create_from_host_memory(logits),
-            **{name: TensorBuffer.create_from_host_memory(array) for name, array in extras.items()},
-            **self._caches,
-        }
-        next_token = extras.get("next_token")
+        outputs = {**{name: TensorBuffer.create_from_host_memory(array) for name, array in arrays.items()}, **self._caches}
+        next_token = arrays.get("next_token")
         if next_token is not None and (next_token.dtype != np.int32 or next_token.size != 1):
             next_token = None  # not edgellm's greedy pick
-        if view is not None:
-            tokens, tokens_buffer = view, None
-        return _SignatureIO(tokens, tokens_buffer, positions, logits.reshape(width, self.vocab_size), next_token, inputs, outputs)
+        logits = arrays["logits"].reshape(width, self.vocab_size) if "logits" in arrays else None
+        return _SignatureIO(tokens, tokens_buffer, positions, logits, mask, mask_buffer, next_token, inputs, outputs)
 
     def reset(self) -> None:
         """Empty the KV cache (a new conversation)."""
         for name, buffer in self._caches.items():
             buffer.write(np.zeros(self._cache_shapes[name], np.float32))
 
-    def run(self, signature: str, tokens: list[int], start: int) -> np.ndarray:
-        """Invoke one signature on `tokens` (its width of them) at positions start..; logits [width, vocab]."""
+    def run(self, signature: str, tokens: list[int], start: int) -> np.ndarray | None:
+        """Invoke one signature on `tokens` (its width of them) at positions start..; logits [width, vocab]
+        (None for a prefill that gives no logits)."""
         io = self._io[signature]
-        io.tokens[0] = tokens
-        if io.tokens_buffer is not None:
-            io.tokens_buffer.write(io.tokens)
-        io.positions[:] = range(start, start + len(tokens))
+        io.write(tokens, start)
         self.invoke(signature)
-        return io.logits.copy()
+        return None if io.logits is None else io.logits.copy()
 
     def invoke(self, signature: str) -> None:
         """The bare model call, on whatever the input buffers hold (also what `bench` times raw)."""
@@ -225,17 +252,29 @@ class LiteRTModel:
             return fitting[n], min(n, count)
         return "decode", 1
 
-    def prefill(self, tokens: list[int], start: int) -> np.ndarray:
-        """Feed `tokens` at positions start.. (in chunks if needed); logits [len(tokens), vocab]."""
+    def prefill(self, tokens: list[int], start: int, last_only: bool = False) -> np.ndarray:
+        """Feed `tokens` at positions start.. (in chunks if needed); logits [len(tokens), vocab], or at
+        least the last row with `last_only`."""
+        if not self.prefill_gives_logits:
+            # litert-torch's prefill gives none: rows come from decode, one token at a time (only the
+            # last when that is all the caller reads, the rest through prefill).
+            ahead = len(tokens) - 1 if last_only else 0
+            self._chunks(tokens[:ahead], start)
+            return np.stack([self.decode(token, start + ahead + i).copy() for i, token in enumerate(tokens[ahead:])])
+        return np.concatenate(self._chunks(tokens, start))
+
+    def _chunks(self, tokens: list[int], start: int) -> list[np.ndarray]:
+        """Run `tokens` through the prefill signatures that fit; each chunk's logits (or None)."""
         rows = []
         while tokens:
             signature, take = self.prefill_plan(len(tokens), start)
             width = 1 if signature == "decode" else int(signature.removeprefix("prefill_"))
             # Padding writes throwaway cache rows past the real tokens; the causal mask hides them
             # and later positions overwrite them.
-            rows.append(self.run(signature, tokens[:take] + [0] * (width - take), start)[:take])
+            logits = self.run(signature, tokens[:take] + [0] * (width - take), start)
+            rows.append(None if logits is None else logits[:take])
             tokens, start = tokens[take:], start + take
-        return np.concatenate(rows)
+        return rows
 
     def decode(self, token: int, position: int) -> np.ndarray:
         """One generation step: logits [vocab] for `token` at `position`, in memory the next decode
@@ -246,6 +285,10 @@ class LiteRTModel:
         token_slot[0], position_slot[0] = token, position
         if io.tokens_buffer is not None:
             io.tokens_buffer.write(io.tokens)
+        if io.mask is not None:
+            io.mask[0, : position + 1], io.mask[0, position + 1 :] = 0.0, _MASKED
+            if io.mask_buffer is not None:
+                io.mask_buffer.write(io.mask)
         self.invoke("decode")  # the same call bench's raw loop makes
         return logits
 
@@ -320,7 +363,7 @@ class Session:
             common += 1
         common = min(common, len(tokens) - 1)  # recompute at least the last token: its logits are needed
         # Rows past `common` are stale; the causal mask hides them until new positions overwrite them.
-        self._logits = self.model.prefill(tokens[common:], common)[-1]
+        self._logits = self.model.prefill(tokens[common:], common, last_only=True)[-1]
         self.history, self.computed = list(tokens), len(tokens) - common
 
     def generate(self, max_new_tokens: int, sampler: Sampler, stop_ids: list[int]) -> Iterator[int]:

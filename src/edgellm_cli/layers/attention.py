@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from edgellm_cli.layers.kv_cache import update_cache
+from edgellm_cli.layers.kv_cache import matmul_transposed, update_cache
 from edgellm_cli.layers.norms import make_norm
 from edgellm_cli.layers.rope import apply_rotary
 from edgellm_cli.spec import Architecture
@@ -36,24 +36,24 @@ class Attention(nn.Module):
         v_cache: torch.Tensor,
         input_pos: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, N, dim]; mask [N, T] additive; caches [B, T, kv_heads, head_dim]."""
+        """x [B, N, dim]; mask [1, 1, groups * N, T] additive (Decoder.masks); caches K [B, kv_heads, T, head_dim],
+        V [B, kv_heads, head_dim, T]."""
         b, n, _ = x.shape
         kvh, groups, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
-        q = self.q(x).view(b, n, self.num_heads, d)
-        k = self.k(x).view(b, n, kvh, d)
+        q = self.q(x).view(b, n, self.num_heads, d).transpose(1, 2)
+        k = self.k(x).view(b, n, kvh, d).transpose(1, 2)
         v = self.v(x).view(b, n, kvh, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        k_cache = update_cache(k_cache, k, input_pos[0])
-        v_cache = update_cache(v_cache, v, input_pos[0])
+        k_cache = update_cache(k_cache, k, input_pos[0], 2)
+        v_cache = update_cache(v_cache, v.permute(0, 2, 3, 1), input_pos[0], 3)
 
-        # Fold the query heads that share a KV head into the row axis: one batched matmul per
-        # KV head, and the cache is never repeated per query head.
-        q = q.view(b, n, kvh, groups, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, groups * n, d)
-        scores = softcap(q @ k_cache.permute(0, 2, 3, 1) * self.scale, self.logit_softcap)
-        scores = scores.view(b, kvh, groups, n, -1) + mask
-        probs = torch.softmax(scores.float(), dim=-1).type_as(q).view(b, kvh, groups * n, -1)
-        y = probs @ v_cache.transpose(1, 2)
-        y = y.view(b, kvh, groups, n, d).permute(0, 3, 1, 2, 4).reshape(b, n, self.num_heads * d)
-        return self.out(y), k_cache, v_cache
+        # The query heads that share a KV head are adjacent, so folding them into the row axis is a
+        # view: one batched matmul per KV head, and the cache is never repeated per query head.
+        # Scaling q (not the scores) touches head_dim values per query instead of T.
+        q = (q * self.scale).reshape(b, kvh, groups * n, d)
+        scores = softcap(matmul_transposed(q, k_cache), self.logit_softcap) + mask
+        probs = torch.softmax(scores.float(), dim=-1).type_as(q)
+        y = matmul_transposed(probs, v_cache).view(b, self.num_heads, n, d).transpose(1, 2)
+        return self.out(y.reshape(b, n, self.num_heads * d)), k_cache, v_cache

@@ -59,26 +59,33 @@ class Decoder(nn.Module):
         if self.arch.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def cache_shape(self, kv_cache_length: int) -> tuple[int, int, int, int]:
-        return (1, kv_cache_length, self.arch.num_kv_heads, self.arch.head_dim)
+    def cache_shapes(self, kv_cache_length: int) -> dict[str, tuple[int, int, int, int]]:
+        """K is [1, kv_heads, T, head_dim] and V [1, kv_heads, head_dim, T] (layers/kv_cache.py says why)."""
+        heads, dim = self.arch.num_kv_heads, self.arch.head_dim
+        return {"k": (1, heads, kv_cache_length, dim), "v": (1, heads, dim, kv_cache_length)}
 
     def empty_cache(self, kv_cache_length: int) -> dict[str, torch.Tensor]:
-        shape = self.cache_shape(kv_cache_length)
-        return {f"kv_cache_{kind}_{i}": torch.zeros(shape) for i in range(self.arch.num_layers) for kind in "kv"}
+        shapes = self.cache_shapes(kv_cache_length)
+        return {f"kv_cache_{kind}_{i}": torch.zeros(shapes[kind]) for i in range(self.arch.num_layers) for kind in "kv"}
 
-    def _masks(self, input_pos: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Additive [N, T] masks: causal, and causal within the sliding window."""
+    def masks(self, input_pos: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Additive masks, causal and causal within the sliding window, as every layer adds them to its
+        scores: [1, 1, groups * N, T], the N query rows once per query head sharing a KV head."""
         key_pos = torch.arange(kv_len, dtype=input_pos.dtype)[None, :]
         query_pos = input_pos[:, None]
         causal = key_pos <= query_pos
-        full = torch.where(causal, 0.0, _MASKED)
+        groups = self.arch.num_heads // self.arch.num_kv_heads
+
+        def rows(visible: torch.Tensor) -> torch.Tensor:
+            return torch.cat([torch.where(visible, 0.0, _MASKED)] * groups)[None, None]
+
         if self.arch.sliding_window is None:
-            return full, None
-        return full, torch.where(causal & (key_pos > query_pos - self.arch.sliding_window), 0.0, _MASKED)
+            return rows(causal), None
+        return rows(causal), rows(causal & (key_pos > query_pos - self.arch.sliding_window))
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_cache: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """tokens [1, N] at positions input_pos [N] (consecutive); returns logits [1, N, vocab] and the new caches."""
-        full_mask, sliding_mask = self._masks(input_pos, kv_cache["kv_cache_k_0"].shape[1])
+        full_mask, sliding_mask = self.masks(input_pos, kv_cache["kv_cache_k_0"].shape[2])
         rope = self.rope(input_pos)
         rope_local = self.rope_local(input_pos) if self.rope_local is not None else rope
         x = self.embed(tokens)

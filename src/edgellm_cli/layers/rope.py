@@ -37,14 +37,18 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inverse_frequencies(rotary_dim, theta, scaling), persistent=False)
 
     def forward(self, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of shape [N, rotary_dim // 2] for positions `input_pos` [N]."""
+        """cos and sign-folded sin for positions `input_pos` [N], each [1, 1, N, rotary_dim]: shaped
+        once here for every layer's rotation, which then needs no reshape of its own."""
         angles = input_pos.float()[:, None] * self.inv_freq[None, :]
-        return torch.cos(angles), torch.sin(angles)
+        cos, sin = torch.cos(angles), torch.sin(angles)
+        return torch.cat((cos, cos), -1)[None, None], torch.cat((-sin, sin), -1)[None, None]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first rotary_dim features of x [B, N, heads, head_dim], Hugging Face half-split layout."""
-    half = cos.shape[-1]
-    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
+    """Rotate the first rotary_dim features of x [B, heads, N, head_dim], Hugging Face half-split layout:
+    [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin] = x * cos + [x2, x1] * [-sin, sin] (six ops, not nine)."""
+    rotary_dim = cos.shape[-1]
+    half = rotary_dim // 2
+    rotated, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    out = rotated * cos + torch.cat((rotated[..., half:], rotated[..., :half]), -1) * sin
+    return out if rest.shape[-1] == 0 else torch.cat((out, rest), -1)

@@ -87,8 +87,8 @@ class T5Block(nn.Module):
         attn = self.attn
         h = self.attn_norm(x)
         q, k, v = (proj(h).view(*h.shape[:2], attn.num_heads, attn.head_dim) for proj in (attn.q, attn.k, attn.v))
-        k_cache = update_cache(k_cache, k, input_pos[0])
-        v_cache = update_cache(v_cache, v, input_pos[0])
+        k_cache = update_cache(k_cache, k, input_pos[0], 1)
+        v_cache = update_cache(v_cache, v, input_pos[0], 1)
         y = attend(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2), self_bias, attn.scale)
         x = x + attn.out(y.transpose(1, 2).reshape(*x.shape[:2], -1))
         h = self.cross_norm(x)
