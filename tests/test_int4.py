@@ -61,11 +61,11 @@ def int4_pipeline(stories_build, tmp_path_factory):
     return pipeline
 
 
-def _int4_values(path, tensor_index):
+def _int4_values(path, subgraph_index, tensor_index):
     """A blockwise int4 weight of the decode subgraph as written: values (two to a byte, low nibble first) and scales."""
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
         flat = schema.Model.GetRootAs(data, 0)
-        subgraph = flat.Subgraphs(flat.SubgraphsLength() - 1)
+        subgraph = flat.Subgraphs(subgraph_index)
         tensor = subgraph.Tensors(tensor_index)
         assert tensor.Type() == schema.TensorType.INT4
         start, length = buffer_data(flat.Buffers(tensor.Buffer()))
@@ -97,7 +97,7 @@ def test_the_file_holds_exactly_the_integers_gptq_chose(int4_pipeline, stories_b
                 start, length = buffer_data(flat.Buffers(tensor.Buffer()))
                 weight = np.frombuffer(data, np.float32, length // 4, start).reshape(tuple(tensor.ShapeAsNumpy())).copy()
                 expected = quantize_weight(weight, hessians[tensor.Buffer()], 4, 32)
-                values, scales = _int4_values(quantized.file, t)
+                values, scales = _int4_values(quantized.file, decode, t)
                 assert np.array_equal(values, expected.values) and np.array_equal(scales, expected.scales)
                 checked += 1
         del flat, subgraph, tensor
