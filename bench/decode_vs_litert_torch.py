@@ -79,7 +79,7 @@ def build_edgellm(name: str, checkpoint: Path, precision: str, work: Path) -> tu
     recipe = ["--recipe", "int8-dynamic"] if precision == "int8" else []
     env = {**os.environ, "EDGELLM_CACHE_DIR": str(work / "edgellm-cache"), "HF_HUB_OFFLINE": "1"}
     subprocess.run([*EDGELLM, "build", "--spec", str(spec), "--checkpoint", str(checkpoint), *recipe, "--bundle", "litertlm", "-o", str(out)],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
+                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return out / "model.tflite", next(out.glob("*.litertlm"))
 
 
@@ -122,6 +122,7 @@ def main() -> None:
     ratios = []
     for name in args.models.split(","):
         work = args.work / name
+        work.mkdir(parents=True, exist_ok=True)
         checkpoint = CHECKPOINTS.get(name) or make_checkpoint(name, work / "checkpoint")
         for precision in args.precisions.split(","):
             built = {"edgellm": build_edgellm(name, checkpoint, precision, work), "litert-torch": build_litert_torch(args.litert_torch_python, checkpoint, precision, work)}

@@ -83,7 +83,7 @@ def _int4_values(path, subgraph_index, tensor_index):
 def test_the_file_holds_exactly_the_integers_gptq_chose(int4_pipeline, stories_build):
     quantized = int4_pipeline.result("quantize")
     report = quantized.report
-    assert report["gptq_weights"] == 35  # 5 blocks x q, k, v, o, gate, up, down
+    assert report["gptq_weights"] == 20  # 5 blocks x qkv (merged), o, gate_up (merged), down
     float_model = stories_build.output / "model.tflite"
     _, decode = weight_readers(float_model, "decode")
     hessians = load_hessians(int4_pipeline.result("calibrate").path)
@@ -160,5 +160,5 @@ def test_build_with_the_int4_recipe_calibrates_then_quantizes(stories_build, tmp
     assert result.code == 0, result.stderr
     stages = {s["stage"]: s for s in json.loads(result.stdout)["stages"]}
     assert list(stages)[-3:] == ["calibrate", "quantize", "export"]
-    assert stages["calibrate"]["tokens"] == 32 * 32 and stages["quantize"]["gptq_weights"] == 35  # 32 windows of prefill_32
+    assert stages["calibrate"]["tokens"] == 32 * 32 and stages["quantize"]["gptq_weights"] == 20  # 32 windows of prefill_32
     assert 0.5 < stages["quantize"]["held_out_ppl_ratio"] < 1.5 and stages["quantize"]["top1_agreement_with_float"] > 0.5

@@ -28,7 +28,9 @@ class _SignatureModule(torch.nn.Module):
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, **kv_cache: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.decoder(tokens, input_pos, kv_cache)
         if tokens.shape[1] == 1:  # decode: also its greedy pick, so a greedy loop never reads logits
-            out["next_token"] = out["logits"][:, -1].argmax(-1, keepdim=True).to(torch.int32)
+            # The arg-max of the logits as they are: selecting the last row first ([:, -1]) made the
+            # converter compute the output head a second time for it (a whole extra vocab matmul).
+            out["next_token"] = out["logits"].argmax(-1).to(torch.int32)
         return out
 
 
@@ -70,6 +72,7 @@ def signature_inputs(decoder: Decoder, length: int, kv_cache_length: int) -> dic
 def convert_to_tflite(decoder: Decoder, prefill_lengths: list[int], kv_cache_length: int, out_path: Path, log_path: Path) -> None:
     """Write `out_path`: one `.tflite` holding prefill_{N} for each N and decode; the converter's
     own output goes to `log_path`."""
+    decoder.merge_projections()
     module = _SignatureModule(decoder).eval()
     signatures = [(f"prefill_{n}", module, signature_inputs(decoder, n, kv_cache_length)) for n in sorted(prefill_lengths)]
     write_tflite([*signatures, ("decode", module, signature_inputs(decoder, 1, kv_cache_length))], out_path, log_path)

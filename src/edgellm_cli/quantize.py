@@ -1,7 +1,7 @@
 """Quantize stage: YAML recipes in `recipes/`, applied to a `.tflite` through ai-edge-quantizer.
 
 A recipe is a list of rules; each rule picks ops by a regular expression over their output
-tensor names (our module paths: `Attention_attn`, `MLP_mlp`, `Linear_q`, `logits_output`, ...)
+tensor names (our module paths: `Attention_attn`, `MLP_mlp`, `Linear_qkv`, `Linear_down`, `logits_output`, ...)
 and optionally by TFLite op name, and says how their weights are stored. Later rules win where
 several match, as in ai-edge-quantizer itself.
 """

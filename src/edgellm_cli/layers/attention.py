@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from edgellm_cli.layers.kv_cache import matmul_transposed, update_cache
+from edgellm_cli.layers.linear import merged
 from edgellm_cli.layers.norms import make_norm
 from edgellm_cli.layers.rope import apply_rotary
 from edgellm_cli.spec import Architecture
@@ -24,8 +25,15 @@ class Attention(nn.Module):
         self.k = nn.Linear(dim, kv_dim, bias=arch.attention_bias)
         self.v = nn.Linear(dim, kv_dim, bias=arch.attention_bias)
         self.out = nn.Linear(q_dim, dim, bias=arch.attention_out_bias)
+        self.qkv: nn.Linear | None = None  # q, k and v as one matmul, once merge_projections ran
         self.q_norm = make_norm(arch, arch.head_dim) if arch.qk_norm else None
         self.k_norm = make_norm(arch, arch.head_dim) if arch.qk_norm else None
+
+    def merge_projections(self) -> None:
+        """q, k and v read the same input: one matmul for the export (their weights side by side)."""
+        self.qkv = merged(self.q, self.k, self.v)
+        if self.qkv is not None:
+            del self.q, self.k, self.v
 
     def forward(
         self,
@@ -40,9 +48,13 @@ class Attention(nn.Module):
         V [B, kv_heads, head_dim, T]."""
         b, n, _ = x.shape
         kvh, groups, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
-        q = self.q(x).view(b, n, self.num_heads, d).transpose(1, 2)
-        k = self.k(x).view(b, n, kvh, d).transpose(1, 2)
-        v = self.v(x).view(b, n, kvh, d)
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).split([self.num_heads * d, kvh * d, kvh * d], dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        q = q.view(b, n, self.num_heads, d).transpose(1, 2)
+        k = k.view(b, n, kvh, d).transpose(1, 2)
+        v = v.view(b, n, kvh, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)

@@ -55,6 +55,12 @@ class Decoder(nn.Module):
         local = arch.rope_local_theta is not None
         self.rope_local = RotaryEmbedding(arch.rotary_dim, arch.rope_local_theta) if local else None
 
+    def merge_projections(self) -> None:
+        """Merge the linear layers that read the same input (q/k/v, gate/up): the graph to export."""
+        for block in self.blocks:
+            block.attn.merge_projections()
+            block.mlp.merge_projections()
+
     def tie_weights(self) -> None:
         if self.arch.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
