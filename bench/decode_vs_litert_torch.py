@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,7 +75,9 @@ def decode_bytes(model: Path) -> int:
 
 def build_edgellm(name: str, checkpoint: Path, precision: str, work: Path) -> tuple[Path, Path]:
     spec = work / "bench.yaml"
-    spec.write_text(f"extends: {REPO / 'model_specs' / f'{name}.yaml'}\nexport:\n  prefill_lengths: [128]\n  kv_cache_length: 1024\n")
+    # Random-weight checkpoints carry a stand-in tokenizer (TinyLlama's): its stop id, not the model's.
+    tokens = "" if name in CHECKPOINTS else "tokenizer:\n  stop_ids: [2]\n"
+    spec.write_text(f"extends: {REPO / 'model_specs' / f'{name}.yaml'}\n{tokens}export:\n  prefill_lengths: [128]\n  kv_cache_length: 1024\n")
     out = work / f"edgellm-{precision}"
     recipe = ["--recipe", "int8-dynamic"] if precision == "int8" else []
     env = {**os.environ, "EDGELLM_CACHE_DIR": str(work / "edgellm-cache"), "HF_HUB_OFFLINE": "1"}
@@ -139,8 +142,13 @@ def main() -> None:
                 bound = decode * decode_bytes(built[side][0]) / bandwidth
                 print(f"| {name} | {precision} | {side} | {prefill:.0f} | {decode:.1f} | {bound:.0%} | {bench.get('prefill (prefill_128)', 0):.0f} | "
                       f"{bench['decode, raw invoke']:.1f} |")
+            for _, bundle in built.values():  # LiteRT-LM's packed weights beside each bundle: GBs each
+                for packed in bundle.parent.glob("*.xnnpack_cache"):
+                    packed.unlink()
+            shutil.rmtree(built["edgellm"][0].parent)  # disk: edgellm's are quick to make again, litert-torch's are kept
             ours, theirs = medians["edgellm"], medians["litert-torch"]
             ratios.append((name, precision, ours[0] / theirs[0], ours[1] / theirs[1]))
+        shutil.rmtree(work / "edgellm-cache", ignore_errors=True)
     print("\n| model | precision | prefill ratio | decode ratio |  (edgellm / litert-torch, LiteRT-LM medians; goal 1.2x and 1.15x)")
     print("|---|---|---|---|")
     for name, precision, prefill, decode in ratios:

@@ -72,7 +72,6 @@ def signature_inputs(decoder: Decoder, length: int, kv_cache_length: int) -> dic
 def convert_to_tflite(decoder: Decoder, prefill_lengths: list[int], kv_cache_length: int, out_path: Path, log_path: Path) -> None:
     """Write `out_path`: one `.tflite` holding prefill_{N} for each N and decode; the converter's
     own output goes to `log_path`."""
-    decoder.merge_projections()
     module = _SignatureModule(decoder).eval()
     signatures = [(f"prefill_{n}", module, signature_inputs(decoder, n, kv_cache_length)) for n in sorted(prefill_lengths)]
     write_tflite([*signatures, ("decode", module, signature_inputs(decoder, 1, kv_cache_length))], out_path, log_path)

@@ -119,9 +119,10 @@ class TensorLoad:
     start: int | None = None  # slice [start, stop) along axis: one part of a fused tensor
     stop: int | None = None
 
-    def read(self, checkpoint: Checkpoint) -> torch.Tensor:
+    def read(self, checkpoint: Checkpoint, mapped: bool = True) -> torch.Tensor:
+        """The parameter; `mapped=False` reads a copy even where a view of the file's mapping would do."""
         whole = not self.transpose and self.start is None
-        tensor = checkpoint.read(self.tensor, mapped=whole and checkpoint.tensors[self.tensor].float32)
+        tensor = checkpoint.read(self.tensor, mapped=mapped and whole and checkpoint.tensors[self.tensor].float32)
         if tensor.is_floating_point() and not _all_finite(tensor):
             # Caught here, it is a damaged checkpoint; caught by verify, it would look like a wrong mapping.
             raise EdgeLLMError(f"checkpoint tensor {self.tensor} holds NaN or infinite values; the checkpoint is damaged: re-download it")
@@ -262,8 +263,17 @@ def load_model(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) -> t
     plan = plan_weights(spec, arch, checkpoint)
     with torch.device("meta"):
         model = build_model(arch)
-    for our_name, load in plan.items():
+        # A decoder's q/k/v and gate/up become one matmul each before any weight is read. Their
+        # parts are read as copies, not views of the file's mapping: a mapped page stays resident
+        # after its view is gone, and the merged copy would come on top of it.
+        merges = model.merge_projections() if hasattr(model, "merge_projections") else {}
+    reads = {name: lambda load=load: load.read(checkpoint) for name, load in plan.items()}
+    for name in {part for parts in merges.values() for part in parts}:
+        del reads[name]
+    for name, parts in merges.items():
+        reads[name] = lambda parts=parts: torch.cat([plan[part].read(checkpoint, mapped=False) for part in parts])
+    for our_name, read in reads.items():
         module_name, _, attr = our_name.rpartition(".")
-        setattr(model.get_submodule(module_name), attr, torch.nn.Parameter(load.read(checkpoint), requires_grad=False))
+        setattr(model.get_submodule(module_name), attr, torch.nn.Parameter(read(), requires_grad=False))
     model.tie_weights()
     return model.eval()

@@ -29,11 +29,14 @@ class Attention(nn.Module):
         self.q_norm = make_norm(arch, arch.head_dim) if arch.qk_norm else None
         self.k_norm = make_norm(arch, arch.head_dim) if arch.qk_norm else None
 
-    def merge_projections(self) -> None:
-        """q, k and v read the same input: one matmul for the export (their weights side by side)."""
+    def merge_projections(self) -> dict[str, list[str]]:
+        """q, k and v read the same input: one matmul (their weights side by side). Returns each
+        merged parameter's parts, by name."""
         self.qkv = merged(self.q, self.k, self.v)
-        if self.qkv is not None:
-            del self.q, self.k, self.v
+        if self.qkv is None:
+            return {}
+        del self.q, self.k, self.v
+        return {f"qkv.{p}": [f"{part}.{p}" for part in "qkv"] for p in ("weight", "bias") if getattr(self.qkv, p) is not None}
 
     def forward(
         self,

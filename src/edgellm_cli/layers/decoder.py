@@ -55,11 +55,15 @@ class Decoder(nn.Module):
         local = arch.rope_local_theta is not None
         self.rope_local = RotaryEmbedding(arch.rotary_dim, arch.rope_local_theta) if local else None
 
-    def merge_projections(self) -> None:
-        """Merge the linear layers that read the same input (q/k/v, gate/up): the graph to export."""
-        for block in self.blocks:
-            block.attn.merge_projections()
-            block.mlp.merge_projections()
+    def merge_projections(self) -> dict[str, list[str]]:
+        """Merge the linear layers that read the same input (q/k/v, gate/up): fewer, larger matmuls
+        for the runtime. Returns each merged parameter's parts, by full name."""
+        return {
+            f"blocks.{i}.{kind}.{name}": [f"blocks.{i}.{kind}.{part}" for part in parts]
+            for i, block in enumerate(self.blocks)
+            for kind, module in (("attn", block.attn), ("mlp", block.mlp))
+            for name, parts in module.merge_projections().items()
+        }
 
     def tie_weights(self) -> None:
         if self.arch.tie_word_embeddings:

@@ -7,7 +7,7 @@ from torch import nn
 def merged(*linears: nn.Linear) -> nn.Linear | None:
     """One Linear whose output is the outputs of `linears` side by side: the runtime then runs one
     larger matmul instead of several small ones, each with its own dispatch. None when some have a
-    bias and some not. The parts' weights are freed as the merged one is made."""
+    bias and some not."""
     if len({linear.bias is None for linear in linears}) != 1:
         return None
     first = linears[0]

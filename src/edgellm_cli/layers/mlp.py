@@ -24,13 +24,16 @@ class MLP(nn.Module):
         self.act = _ACTIVATIONS[arch.activation]
         self.gate_up: nn.Linear | None = None  # gate and up as one matmul, once merge_projections ran
 
-    def merge_projections(self) -> None:
-        """gate and up read the same input: one matmul for the export (their weights side by side)."""
+    def merge_projections(self) -> dict[str, list[str]]:
+        """gate and up read the same input: one matmul (their weights side by side). Returns each
+        merged parameter's parts, by name."""
         if self.gate is not None:
             self.gate_up = merged(self.gate, self.up)
-        if self.gate_up is not None:
-            del self.gate, self.up
-            self.gate = None
+        if self.gate_up is None:
+            return {}
+        del self.gate, self.up
+        self.gate = None
+        return {f"gate_up.{p}": [f"gate.{p}", f"up.{p}"] for p in ("weight", "bias") if getattr(self.gate_up, p) is not None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up is not None:
