@@ -267,13 +267,16 @@ def load_model(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) -> t
         # parts are read as copies, not views of the file's mapping: a mapped page stays resident
         # after its view is gone, and the merged copy would come on top of it.
         merges = model.merge_projections() if hasattr(model, "merge_projections") else {}
-    reads = {name: lambda load=load: load.read(checkpoint) for name, load in plan.items()}
-    for name in {part for parts in merges.values() for part in parts}:
-        del reads[name]
-    for name, parts in merges.items():
-        reads[name] = lambda parts=parts: torch.cat([plan[part].read(checkpoint, mapped=False) for part in parts])
-    for our_name, read in reads.items():
+
+    def put(our_name: str, tensor: torch.Tensor) -> None:
         module_name, _, attr = our_name.rpartition(".")
-        setattr(model.get_submodule(module_name), attr, torch.nn.Parameter(read(), requires_grad=False))
+        setattr(model.get_submodule(module_name), attr, torch.nn.Parameter(tensor, requires_grad=False))
+
+    merged_parts = {part for parts in merges.values() for part in parts}
+    for our_name, load in plan.items():
+        if our_name not in merged_parts:
+            put(our_name, load.read(checkpoint))
+    for our_name, parts in merges.items():
+        put(our_name, torch.cat([plan[part].read(checkpoint, mapped=False) for part in parts]))
     model.tie_weights()
     return model.eval()

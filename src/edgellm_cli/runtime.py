@@ -51,10 +51,14 @@ class _SignatureIO:
             self.tokens_buffer.write(self.tokens)
         self.positions[:] = range(start, start + len(self.positions))
         if self.mask is not None:
-            keys = np.arange(self.mask.shape[1])
-            self.mask[...] = np.where(keys[None, :] <= self.positions[:, None], 0.0, _MASKED)
-            if self.mask_buffer is not None:
-                self.mask_buffer.write(self.mask)
+            self.fill_mask()
+
+    def fill_mask(self) -> None:
+        """The causal mask of the positions in place: each row sees the keys up to its position."""
+        for row, position in zip(self.mask, self.positions):
+            row[: position + 1], row[position + 1 :] = 0.0, _MASKED
+        if self.mask_buffer is not None:
+            self.mask_buffer.write(self.mask)
 
 
 # What a model that takes its mask as an input gets for hidden positions: finite, so no row is NaN.
@@ -286,9 +290,7 @@ class LiteRTModel:
         if io.tokens_buffer is not None:
             io.tokens_buffer.write(io.tokens)
         if io.mask is not None:
-            io.mask[0, : position + 1], io.mask[0, position + 1 :] = 0.0, _MASKED
-            if io.mask_buffer is not None:
-                io.mask_buffer.write(io.mask)
+            io.fill_mask()
         self.invoke("decode")  # the same call bench's raw loop makes
         return logits
 

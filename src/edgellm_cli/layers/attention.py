@@ -25,7 +25,7 @@ class Attention(nn.Module):
         self.k = nn.Linear(dim, kv_dim, bias=arch.attention_bias)
         self.v = nn.Linear(dim, kv_dim, bias=arch.attention_bias)
         self.out = nn.Linear(q_dim, dim, bias=arch.attention_out_bias)
-        self.qkv: nn.Linear | None = None  # q, k and v as one matmul, once merge_projections ran
+        self.qkv: nn.Linear | None = None  # q, k and v as one matmul: merge_projections, before loading
         self.q_norm = make_norm(arch, arch.head_dim) if arch.qk_norm else None
         self.k_norm = make_norm(arch, arch.head_dim) if arch.qk_norm else None
 
@@ -33,8 +33,6 @@ class Attention(nn.Module):
         """q, k and v read the same input: one matmul (their weights side by side). Returns each
         merged parameter's parts, by name."""
         self.qkv = merged(self.q, self.k, self.v)
-        if self.qkv is None:
-            return {}
         del self.q, self.k, self.v
         return {f"qkv.{p}": [f"{part}.{p}" for part in "qkv"] for p in ("weight", "bias") if getattr(self.qkv, p) is not None}
 
@@ -51,10 +49,7 @@ class Attention(nn.Module):
         V [B, kv_heads, head_dim, T]."""
         b, n, _ = x.shape
         kvh, groups, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
-        if self.qkv is not None:
-            q, k, v = self.qkv(x).split([self.num_heads * d, kvh * d, kvh * d], dim=-1)
-        else:
-            q, k, v = self.q(x), self.k(x), self.v(x)
+        q, k, v = self.qkv(x).split([self.num_heads * d, kvh * d, kvh * d], dim=-1)
         q = q.view(b, n, self.num_heads, d).transpose(1, 2)
         k = k.view(b, n, kvh, d).transpose(1, 2)
         v = v.view(b, n, kvh, d)

@@ -22,15 +22,14 @@ class MLP(nn.Module):
         self.up = nn.Linear(dim, hidden, bias=bias)
         self.down = nn.Linear(hidden, dim, bias=bias)
         self.act = _ACTIVATIONS[arch.activation]
-        self.gate_up: nn.Linear | None = None  # gate and up as one matmul, once merge_projections ran
+        self.gate_up: nn.Linear | None = None  # gate and up as one matmul: merge_projections, before loading
 
     def merge_projections(self) -> dict[str, list[str]]:
         """gate and up read the same input: one matmul (their weights side by side). Returns each
         merged parameter's parts, by name."""
-        if self.gate is not None:
-            self.gate_up = merged(self.gate, self.up)
-        if self.gate_up is None:
+        if self.gate is None:
             return {}
+        self.gate_up = merged(self.gate, self.up)
         del self.gate, self.up
         self.gate = None
         return {f"gate_up.{p}": [f"gate.{p}", f"up.{p}"] for p in ("weight", "bias") if getattr(self.gate_up, p) is not None}
