@@ -258,8 +258,9 @@ def _templates(names) -> set[str]:
     return {re.sub(r"\.\d+\.", f".{_LAYER}.", n) for n in names}
 
 
-def load_model(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) -> torch.nn.Module:
-    """Build our model (its kind: decoder, encoder, encoder-decoder) and fill it with the checkpoint's weights, one tensor at a time, as float32."""
+def load_model(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint, mapped: bool = True) -> torch.nn.Module:
+    """Build our model (its kind: decoder, encoder, encoder-decoder) and fill it with the checkpoint's weights, one tensor at a time, as float32;
+    `mapped=False` reads every weight as a copy, for a caller that writes to them."""
     plan = plan_weights(spec, arch, checkpoint)
     with torch.device("meta"):
         model = build_model(arch)
@@ -275,7 +276,7 @@ def load_model(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint) -> t
     merged_parts = {part for parts in merges.values() for part in parts}
     for our_name, load in plan.items():
         if our_name not in merged_parts:
-            put(our_name, load.read(checkpoint))
+            put(our_name, load.read(checkpoint, mapped=mapped))
     for our_name, parts in merges.items():
         put(our_name, torch.cat([plan[part].read(checkpoint, mapped=False) for part in parts]))
     model.tie_weights()
