@@ -12,12 +12,18 @@ from edgellm_cli.pipeline import VERIFY_STAGES
 def test_build_writes_exactly_the_requested_signatures_with_convention_names(stories_build):
     interpreter = Interpreter(model_path=str(stories_build.output / "model.tflite"))
     signatures = interpreter.get_signature_list()
-    assert set(signatures) == {"prefill_8", "prefill_32", "decode"}
+    assert set(signatures) == {"prefill_8", "head_8", "prefill_32", "head_32", "decode"}
     caches = {f"kv_cache_{kind}_{i}" for i in range(5) for kind in "kv"}
-    for name, io in signatures.items():
-        assert set(io["inputs"]) == {"tokens", "input_pos"} | caches, name
-        extra = {"next_token"} if name == "decode" else set()
-        assert set(io["outputs"]) == {"logits"} | caches | extra, name
+    # A prefill gives hidden states, not logits; its head_N gives those.
+    assert set(signatures["decode"]["inputs"]) == {"tokens", "input_pos"} | caches
+    assert set(signatures["decode"]["outputs"]) == {"logits", "next_token"} | caches
+    for n in (8, 32):
+        assert set(signatures[f"prefill_{n}"]["inputs"]) == {"tokens", "input_pos"} | caches
+        assert set(signatures[f"prefill_{n}"]["outputs"]) == {"hidden"} | caches
+        assert signatures[f"head_{n}"] == {"inputs": ["hidden"], "outputs": ["logits"]}
+        head = interpreter.get_signature_runner(f"head_{n}")
+        assert list(head.get_input_details()["hidden"]["shape"]) == [1, n, 64]
+        assert list(head.get_output_details()["logits"]["shape"]) == [1, n, 512]
     for n, name in [(8, "prefill_8"), (32, "prefill_32"), (1, "decode")]:
         details = interpreter.get_signature_runner(name).get_input_details()
         assert list(details["tokens"]["shape"]) == [1, n] and details["tokens"]["dtype"] == np.int32

@@ -56,7 +56,7 @@ def test_inspect_shows_bundle_metadata_and_tflite_signatures(stories_build, bund
     text = "\n".join(litertlm["contents"])
     assert "start_token" in text and "ids: 1" in text and "sequence_axis: 2" in text and "sequence_axis: 3" in text and "SP_Tokenizer" in text
     tflite = json.loads(run_cli("inspect", str(stories_build.output / "model.tflite"), "--json", cache=stories_build.cache).stdout)
-    assert set(tflite["signatures"]) == {"prefill_8", "prefill_32", "decode"}
+    assert set(tflite["signatures"]) == {"prefill_8", "head_8", "prefill_32", "head_32", "decode"}
     assert tflite["signatures"]["decode"]["inputs"]["tokens"] == {"shape": [1, 1], "dtype": "int32"}
     assert tflite["weight_bytes_by_dtype"]["float32"] > 1_000_000
     assert sum(1 for group in tflite["weight_bytes_by_group"] if group.startswith("block")) == 5

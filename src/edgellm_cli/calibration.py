@@ -84,13 +84,14 @@ def weight_readers(model_path: Path, signature: str | None = None) -> tuple[dict
 
 def capture_hessians(model_path: Path, windows: list[list[int]], signature: str) -> dict[int, np.ndarray]:
     """H per weight buffer (float64 [in, in]), summed over every token of every window, each
-    window run at positions 0.. with an empty KV cache."""
+    window run at positions 0.. with an empty KV cache through the prefill `signature` and its
+    output head (`head_N`, where the prefill gives hidden states)."""
     import torch
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from edgellm_cli.quiet import native_output_to
+    from edgellm_cli.tflite_file import head_signature
 
-    weights, index = weight_readers(model_path, signature)
     with native_output_to(os.devnull):
         interpreter = Interpreter(model_path=str(model_path), experimental_preserve_all_tensors=True, num_threads=os.cpu_count(),
                                   experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -99,23 +100,29 @@ def capture_hessians(model_path: Path, windows: list[list[int]], signature: str)
     unknown = set(inputs) - {"tokens", "input_pos"} - {name for name in inputs if name.startswith("kv_cache")}
     if unknown:
         raise EdgeLLMError(f"{model_path.name}: calibration drives signatures with tokens, input_pos and KV caches; {signature} also takes {sorted(unknown)}")
+    head = head_signature(signature)
+    head = head if head in interpreter.get_signature_list() else None
     caches = {name: np.zeros(d["shape"], d["dtype"]) for name, d in inputs.items() if name.startswith("kv_cache")}
     # Weights that read the same activation (q, k and v; gate and up) share one Hessian.
-    readers: dict[int, list[int]] = {}
-    for buffer, ops in weights.items():
-        for activation in {a for s, _, a in ops if s == index}:
-            readers.setdefault(activation, []).append(buffer)
-    sums: dict[int, torch.Tensor] = {}
+    readers: dict[tuple[int, int], list[int]] = {}  # (subgraph, activation tensor): weight buffers
+    for name in [signature, head] if head else [signature]:
+        weights, index = weight_readers(model_path, name)
+        for buffer, ops in weights.items():
+            for activation in {a for s, _, a in ops if s == index}:
+                readers.setdefault((index, activation), []).append(buffer)
+    sums: dict[tuple[int, int], torch.Tensor] = {}
     for window in windows:
-        runner(tokens=np.array([window], np.int32), input_pos=np.arange(len(window), dtype=np.int32), **caches)
-        for activation in readers:
-            x = torch.from_numpy(interpreter.get_tensor(activation, index))
+        out = runner(tokens=np.array([window], np.int32), input_pos=np.arange(len(window), dtype=np.int32), **caches)
+        if head:
+            interpreter.get_signature_runner(head)(hidden=out["hidden"])
+        for place in readers:
+            x = torch.from_numpy(interpreter.get_tensor(place[1], place[0]))
             x = x.reshape(-1, x.shape[-1])
-            sums[activation] = sums.get(activation, 0) + (x.T @ x).double()  # float32 products, float64 sum
+            sums[place] = sums.get(place, 0) + (x.T @ x).double()  # float32 products, float64 sum
     hessians: dict[int, np.ndarray] = {}
-    for activation, buffers in readers.items():
+    for place, buffers in readers.items():
         for buffer in buffers:
-            hessians[buffer] = hessians[buffer] + sums[activation].numpy() if buffer in hessians else sums[activation].numpy()
+            hessians[buffer] = hessians[buffer] + sums[place].numpy() if buffer in hessians else sums[place].numpy()
     return hessians
 
 

@@ -2,8 +2,14 @@
 
 Signatures follow the MediaPipe / LiteRT-LM convention: `prefill_{N}` per requested N and
 `decode`, with inputs `tokens` int32 [1, N], `input_pos` int32 [N], `kv_cache_k_{i}` /
-`kv_cache_v_{i}` float32 (K [1, kv_heads, T, head_dim], V [1, kv_heads, head_dim, T]); outputs `logits` and the updated caches.
-`decode` also outputs `next_token` int32 [1, 1], the arg-max of its logits (for greedy loops).
+`kv_cache_v_{i}` float32 (K [1, kv_heads, T, head_dim], V [1, kv_heads, head_dim, T]); outputs the
+updated caches and `logits` [1, N, vocab]. `decode` also outputs `next_token` int32 [1, 1], the
+arg-max of its logits (for greedy loops).
+
+A prefill computes no logits: LiteRT-LM reads none (it decodes the prompt's last token), and the
+output head over every position is up to a third of prefill's work (Qwen's 152k vocabulary). It
+outputs `hidden` [1, N, hidden] instead, and `head_{N}` turns those into `logits` for the callers
+that score every position (edgellm's eval, verify, calibration and search).
 """
 
 from __future__ import annotations
@@ -26,12 +32,24 @@ class _SignatureModule(torch.nn.Module):
         self.decoder = decoder
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, **kv_cache: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.decoder(tokens, input_pos, kv_cache)
-        if tokens.shape[1] == 1:  # decode: also its greedy pick, so a greedy loop never reads logits
+        decode = tokens.shape[1] == 1
+        out = self.decoder(tokens, input_pos, kv_cache, logits=decode)
+        if decode:  # also its greedy pick, so a greedy loop never reads logits
             # The arg-max of the logits as they are: selecting the last row first ([:, -1]) made the
             # converter compute the output head a second time for it (a whole extra vocab matmul).
             out["next_token"] = out["logits"].argmax(-1).to(torch.int32)
         return out
+
+
+class _HeadModule(torch.nn.Module):
+    """The output head alone: `hidden` [1, N, hidden] (a prefill's output) to `logits`."""
+
+    def __init__(self, decoder: Decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.decoder.head(hidden)}
 
 
 @functools.cache
@@ -72,8 +90,11 @@ def signature_inputs(decoder: Decoder, length: int, kv_cache_length: int) -> dic
 def convert_to_tflite(decoder: Decoder, prefill_lengths: list[int], kv_cache_length: int, out_path: Path, log_path: Path) -> None:
     """Write `out_path`: one `.tflite` holding prefill_{N} for each N and decode; the converter's
     own output goes to `log_path`."""
-    module = _SignatureModule(decoder).eval()
-    signatures = [(f"prefill_{n}", module, signature_inputs(decoder, n, kv_cache_length)) for n in sorted(prefill_lengths)]
+    module, head = _SignatureModule(decoder).eval(), _HeadModule(decoder).eval()
+    signatures = []
+    for n in sorted(prefill_lengths):
+        signatures += [(f"prefill_{n}", module, signature_inputs(decoder, n, kv_cache_length)),
+                       (f"head_{n}", head, {"hidden": torch.zeros((1, n, decoder.arch.hidden_size))})]
     write_tflite([*signatures, ("decode", module, signature_inputs(decoder, 1, kv_cache_length))], out_path, log_path)
 
 

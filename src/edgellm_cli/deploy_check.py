@@ -184,7 +184,7 @@ def _signature_check(model: bytes) -> tuple[Check, Check]:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "model.tflite").write_bytes(model)
         try:
-            signatures = check_generative(Path(tmp) / "model.tflite", prefill_logits=False)
+            signatures = check_generative(Path(tmp) / "model.tflite")
         except EdgeLLMError as exc:
             detail = str(exc).replace(f"{tmp}/", "")
             return Check("signatures", False, detail), Check("kv cache", False, "no decode signature to read it from")

@@ -172,7 +172,7 @@ def _short_name(scope: str) -> str:
     blocks, linears = re.findall(r"Block_\d+", scope), re.findall(r"Linear_[a-z_]+?(?=;|$)", scope)
     if blocks and linears:
         return f"{blocks[-1]}.{linears[-1]}"
-    return re.sub(r"^(prefill_\d+|decode)_", "", scope.split(";")[0])
+    return re.sub(r"^(prefill_\d+|head_\d+|decode)_", "", scope.split(";")[0])
 
 
 def plan_recipe(recipe: Recipe, ops: list[OpInfo]) -> tuple[list[dict], list[str]]:

@@ -22,7 +22,7 @@ from edgellm_cli.chat_template import encode_with_specials, render_chat
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.metadata import model_metadata
 from edgellm_cli.quiet import native_output_to
-from edgellm_cli.tflite_file import check_generative
+from edgellm_cli.tflite_file import check_generative, head_signature
 from edgellm_cli.tokenizer import load_tokenizer, stream_text
 from edgellm_cli.weight_cache import weight_cache
 
@@ -33,6 +33,7 @@ class _SignatureIO:
     tokens_buffer: object | None  # None when `tokens` is a view of the runtime's buffer
     positions: np.ndarray  # [width] int32, read by the runtime in place
     logits: np.ndarray | None  # [width, vocab] float32, written by the runtime in place (None: no logits output)
+    head: tuple[str, dict, dict] | None  # (signature, inputs, outputs) giving a prefill's logits from its hidden states
     mask: np.ndarray | None  # [width, T] float32 additive causal mask, for models that take it as an input
     mask_buffer: object | None  # None when `mask` is a view of the runtime's buffer
     next_token: np.ndarray | None  # [1] int32, the decode signature's arg-max, if it has one
@@ -139,8 +140,7 @@ class LiteRTModel:
     """A `.tflite` that follows the prefill_{N} / decode signature convention."""
 
     def __init__(self, path: Path, num_threads: int | None = None, max_prefill: int | None = None):
-        # A damaged file would crash the runtime, not fail. litert-torch's prefill gives no logits.
-        signatures_read = check_generative(path, prefill_logits=False)
+        check_generative(path)  # a damaged file would crash the runtime, not fail
         cache = weight_cache(path)  # the weights packed once for every signature
         try:
             try:
@@ -163,10 +163,12 @@ class LiteRTModel:
         self.cache_names = [name for name in signatures["decode"]["inputs"] if name.startswith("kv_cache_")]
         self.kv_cache_length = cache_length(details[self.cache_names[0]]["shape"])
         self.vocab_size = int(self._model.get_output_tensor_details("decode")["logits"]["shape"][-1])
-        self.prefill_gives_logits = all("logits" in signatures_read[name].outputs for name in self.prefill_signatures.values())
         with native_output_to():
             self._caches = {name: self._model.create_input_buffer_by_name("decode", name) for name in self.cache_names}
-            self._io = {sig: self._signature_io(sig) for sig in [*self.prefill_signatures.values(), "decode"]}
+            self._io = {sig: self._signature_io(sig, signatures) for sig in [*self.prefill_signatures.values(), "decode"]}
+        # Logits for every prefill row: from the prefill itself, or its head_N (edgellm's); else
+        # (litert-torch's prefill) from decode steps.
+        self.prefill_gives_logits = all(self._io[name].logits is not None for name in self.prefill_signatures.values())
         self._cache_shapes = {name: tuple(details[name]["shape"]) for name in self.cache_names}
         next_token = self._io["decode"].next_token
         # The token the last decode picked greedily (edgellm's decode computes it; other tools'
@@ -192,7 +194,7 @@ class LiteRTModel:
                 raise EdgeLLMError(f"{path}: not a loadable .tflite model ({str(exc).splitlines()[0]})") from None
             raise
 
-    def _signature_io(self, signature: str) -> _SignatureIO:
+    def _signature_io(self, signature: str, signatures: dict) -> _SignatureIO:
         """One signature's arrays and buffers, made once: a decode step only fills them.
 
         Positions and outputs are numpy arrays wrapped as host-memory buffers. Tokens ([1, N]) need
@@ -222,20 +224,31 @@ class LiteRTModel:
         next_token = arrays.get("next_token")
         if next_token is not None and (next_token.dtype != np.int32 or next_token.size != 1):
             next_token = None  # not edgellm's greedy pick
-        logits = arrays["logits"].reshape(width, self.vocab_size) if "logits" in arrays else None
-        return _SignatureIO(tokens, tokens_buffer, positions, logits, mask, mask_buffer, next_token, inputs, outputs)
+        logits, head = arrays["logits"].reshape(width, self.vocab_size) if "logits" in arrays else None, None
+        if logits is None and "hidden" in arrays and head_signature(signature) in signatures:
+            # The prefill writes its hidden states into the head's input buffer (one of the runtime's
+            # making, as for tokens), so they pass from one to the other without a copy.
+            name = head_signature(signature)
+            outputs["hidden"] = self._model.create_input_buffer_by_name(name, "hidden")
+            logits = _aligned_zeros(width * self.vocab_size, np.float32).reshape(width, self.vocab_size)
+            head = (name, {"hidden": outputs["hidden"]}, {"logits": TensorBuffer.create_from_host_memory(logits)})
+        return _SignatureIO(tokens, tokens_buffer, positions, logits, head, mask, mask_buffer, next_token, inputs, outputs)
 
     def reset(self) -> None:
         """Empty the KV cache (a new conversation)."""
         for name, buffer in self._caches.items():
             buffer.write(np.zeros(self._cache_shapes[name], np.float32))
 
-    def run(self, signature: str, tokens: list[int], start: int) -> np.ndarray | None:
+    def run(self, signature: str, tokens: list[int], start: int, logits: bool = True) -> np.ndarray | None:
         """Invoke one signature on `tokens` (its width of them) at positions start..; logits [width, vocab]
-        (None for a prefill that gives no logits)."""
+        (None for a prefill that gives none, or when not asked for)."""
         io = self._io[signature]
         io.write(tokens, start)
         self.invoke(signature)
+        if not logits:
+            return None
+        if io.head is not None:
+            self._model.run_by_name(*io.head)
         return None if io.logits is None else io.logits.copy()
 
     def invoke(self, signature: str) -> None:
@@ -257,17 +270,17 @@ class LiteRTModel:
         return "decode", 1
 
     def prefill(self, tokens: list[int], start: int, last_only: bool = False) -> np.ndarray:
-        """Feed `tokens` at positions start.. (in chunks if needed); logits [len(tokens), vocab], or at
-        least the last row with `last_only`."""
-        if not self.prefill_gives_logits:
-            # litert-torch's prefill gives none: rows come from decode, one token at a time (only the
-            # last when that is all the caller reads, the rest through prefill).
+        """Feed `tokens` at positions start.. (in chunks if needed); logits [len(tokens), vocab], or
+        the last row alone with `last_only`."""
+        if last_only or not self.prefill_gives_logits:
+            # The last token through decode, as LiteRT-LM does: one row of the output head instead of
+            # a whole prefill's. Rows of a prefill that gives none (litert-torch's) come from decode too.
             ahead = len(tokens) - 1 if last_only else 0
-            self._chunks(tokens[:ahead], start)
+            self._chunks(tokens[:ahead], start, logits=False)
             return np.stack([self.decode(token, start + ahead + i).copy() for i, token in enumerate(tokens[ahead:])])
         return np.concatenate(self._chunks(tokens, start))
 
-    def _chunks(self, tokens: list[int], start: int) -> list[np.ndarray]:
+    def _chunks(self, tokens: list[int], start: int, logits: bool = True) -> list[np.ndarray]:
         """Run `tokens` through the prefill signatures that fit; each chunk's logits (or None)."""
         rows = []
         while tokens:
@@ -275,8 +288,8 @@ class LiteRTModel:
             width = 1 if signature == "decode" else int(signature.removeprefix("prefill_"))
             # Padding writes throwaway cache rows past the real tokens; the causal mask hides them
             # and later positions overwrite them.
-            logits = self.run(signature, tokens[:take] + [0] * (width - take), start)
-            rows.append(None if logits is None else logits[:take])
+            chunk = self.run(signature, tokens[:take] + [0] * (width - take), start, logits)
+            rows.append(None if chunk is None else chunk[:take])
             tokens, start = tokens[take:], start + take
         return rows
 

@@ -125,14 +125,18 @@ def score_windows(model: bytes | Path, windows: list[list[int]], signature: str,
 
     from edgellm_cli.evaluate import log_softmax
     from edgellm_cli.quiet import native_output_to
+    from edgellm_cli.tflite_file import head_signature
 
     with native_output_to(os.devnull):
         interpreter = Interpreter(**{"model_path": str(model)} if isinstance(model, Path) else {"model_content": model}, num_threads=os.cpu_count())
     runner = interpreter.get_signature_runner(signature)
+    head = head_signature(signature)
+    head = interpreter.get_signature_runner(head) if head in interpreter.get_signature_list() else None
     caches = {name: np.zeros(d["shape"], d["dtype"]) for name, d in runner.get_input_details().items() if name.startswith("kv_cache")}
     nll, kl, count, logps = 0.0, 0.0, 0, []
     for i, window in enumerate(windows):
-        logits = runner(tokens=np.array([window], np.int32), input_pos=np.arange(len(window), dtype=np.int32), **caches)["logits"][0, :-1]
+        out = runner(tokens=np.array([window], np.int32), input_pos=np.arange(len(window), dtype=np.int32), **caches)
+        logits = (head(hidden=out["hidden"]) if head else out)["logits"][0, :-1]
         logp = log_softmax(logits.astype(np.float64))
         nll -= float(logp[np.arange(len(window) - 1), window[1:]].sum())
         if reference is not None:

@@ -142,10 +142,15 @@ def read_signatures(path: Path) -> dict[str, Signature]:
         raise EdgeLLMError(f"{path}: unreadable ({exc.strerror or exc}); check the path and its permissions") from None
 
 
-def check_generative(path: Path, prefill_logits: bool = True) -> dict[str, Signature]:
+def head_signature(prefill: str) -> str:
+    """The signature giving the logits of prefill `prefill`'s hidden states (edgellm's models have one)."""
+    return f"head_{prefill.removeprefix('prefill_')}"
+
+
+def check_generative(path: Path) -> dict[str, Signature]:
     """A sound model with what generation needs: prefill_N and decode signatures taking tokens,
-    positions and KV-cache tensors, and giving logits (`prefill_logits`: prefill too, as edgellm's
-    runtime reads them; LiteRT-LM does not, and litert-torch's prefill gives none)."""
+    positions and KV-cache tensors, decode giving logits (a prefill may give none: LiteRT-LM reads
+    none, and edgellm's and litert-torch's prefills compute none)."""
     signatures = read_signatures(path)
     prefill = [name for name in signatures if re.fullmatch(r"prefill_\d+", name)]
     if "decode" not in signatures or not prefill:
@@ -157,8 +162,8 @@ def check_generative(path: Path, prefill_logits: bool = True) -> dict[str, Signa
             raise EdgeLLMError(f"{path}: signature {name} has no {missing[0]} input; it does not follow the prefill/decode convention")
         if not any(n.startswith("kv_cache_") for n in inputs):
             raise EdgeLLMError(f"{path}: signature {name} has no kv_cache_* inputs (no KV cache); edgellm runs models that carry their cache")
-        if "logits" not in signatures[name].outputs and (prefill_logits or name == "decode"):
-            raise EdgeLLMError(f"{path}: signature {name} has no logits output; it does not follow the prefill/decode convention")
+    if "logits" not in signatures["decode"].outputs:
+        raise EdgeLLMError(f"{path}: signature decode has no logits output; it does not follow the prefill/decode convention")
     return signatures
 
 

@@ -93,8 +93,9 @@ class Decoder(nn.Module):
             return rows(causal), None
         return rows(causal), rows(causal & (key_pos > query_pos - self.arch.sliding_window))
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_cache: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """tokens [1, N] at positions input_pos [N] (consecutive); returns logits [1, N, vocab] and the new caches."""
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_cache: dict[str, torch.Tensor], logits: bool = True) -> dict[str, torch.Tensor]:
+        """tokens [1, N] at positions input_pos [N] (consecutive); returns logits [1, N, vocab] and the
+        new caches, or with `logits=False` the final hidden states [1, N, hidden] instead of logits."""
         full_mask, sliding_mask = self.masks(input_pos, kv_cache["kv_cache_k_0"].shape[2])
         rope = self.rope(input_pos)
         rope_local = self.rope_local(input_pos) if self.rope_local is not None else rope
@@ -106,5 +107,9 @@ class Decoder(nn.Module):
             k, v = f"kv_cache_k_{i}", f"kv_cache_v_{i}"
             mask, block_rope = (sliding_mask, rope_local) if block.sliding else (full_mask, rope)
             x, new_cache[k], new_cache[v] = block(x, block_rope, mask, kv_cache[k], kv_cache[v], input_pos)
-        logits = softcap(self.lm_head(self.norm(x)), self.arch.final_logit_softcap)
-        return {"logits": logits, **new_cache}
+        hidden = self.norm(x)
+        return {"logits": self.head(hidden), **new_cache} if logits else {"hidden": hidden, **new_cache}
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from final hidden states."""
+        return softcap(self.lm_head(hidden), self.arch.final_logit_softcap)
