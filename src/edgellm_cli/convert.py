@@ -21,6 +21,7 @@ import torch
 
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.layers import Decoder
+from edgellm_cli.layers.attention import softcap
 from edgellm_cli.quiet import native_output_to
 
 
@@ -42,14 +43,15 @@ class _SignatureModule(torch.nn.Module):
 
 
 class _HeadModule(torch.nn.Module):
-    """The output head alone: `hidden` [1, N, hidden] (a prefill's output) to `logits`."""
+    """The output head alone: `hidden` [1, N, hidden] (a prefill's output) to `logits`. It holds the
+    head's weights only: exported with the whole Decoder, every weight was lowered once more."""
 
     def __init__(self, decoder: Decoder):
         super().__init__()
-        self.decoder = decoder
+        self.lm_head, self.cap = decoder.lm_head, decoder.arch.final_logit_softcap
 
     def forward(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self.decoder.head(hidden)}
+        return {"logits": softcap(self.lm_head(hidden), self.cap)}
 
 
 @functools.cache

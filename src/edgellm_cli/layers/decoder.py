@@ -108,8 +108,6 @@ class Decoder(nn.Module):
             mask, block_rope = (sliding_mask, rope_local) if block.sliding else (full_mask, rope)
             x, new_cache[k], new_cache[v] = block(x, block_rope, mask, kv_cache[k], kv_cache[v], input_pos)
         hidden = self.norm(x)
-        return {"logits": self.head(hidden), **new_cache} if logits else {"hidden": hidden, **new_cache}
-
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits from final hidden states."""
-        return softcap(self.lm_head(hidden), self.arch.final_logit_softcap)
+        if not logits:
+            return {"hidden": hidden, **new_cache}
+        return {"logits": softcap(self.lm_head(hidden), self.arch.final_logit_softcap), **new_cache}
