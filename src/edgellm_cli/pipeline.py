@@ -31,6 +31,7 @@ from edgellm_cli.cache import ArtifactCache, artifact_key, file_digest
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.files import inside, publish, read_json, write_json
 from edgellm_cli.heap import map_large_allocations
+from edgellm_cli.isolated import discard_spare, run_isolated, start_ahead
 from edgellm_cli.metadata import ModelMetadata, model_metadata
 from edgellm_cli.spec import Architecture, ExportSection, ModelSpec, resolve_architecture
 
@@ -66,6 +67,7 @@ class Stage:
     produce: Callable[[Pipeline, Path], dict]  # fills the artifact folder; returns the report
     libraries: tuple[str, ...] = ()  # distributions whose versions shape the artifact
     cached: bool = True  # False: produce writes outside the cache and returns "path" in its report
+    worker_imports: tuple[str, ...] = ()  # produce runs in a worker (isolated.py), started ahead importing these
 
 
 class Pipeline:
@@ -129,6 +131,8 @@ class Pipeline:
                 path = Path(report.pop("path"))
             peak = max(memory.peak(), report.get("worker_peak_rss_bytes", 0) if not cached else 0)
             self._results[name] = StageResult(name, key, path, cached, time.perf_counter() - started, report, peak)
+            if stage.worker_imports:
+                discard_spare()  # started for this stage: not kept beside the next ones when it was cached
             self.on_finish(self._results[name])
         return self._results[name]
 
@@ -144,7 +148,13 @@ class Pipeline:
         self._results.pop(name, None)
 
     def run(self, names: list[str]) -> list[StageResult]:
-        return [self.result(name) for name in names]
+        ahead = [STAGES[name].worker_imports for name in names if STAGES[name].worker_imports]
+        if ahead:
+            start_ahead(ahead[0])  # its imports overlap the stages before it (fetch, verify)
+        try:
+            return [self.result(name) for name in names]
+        finally:
+            discard_spare()
 
     def build_stages(self) -> list[str]:
         """What `edgellm build` runs: every verification, then quantize, bundles and export as asked."""
@@ -349,7 +359,6 @@ def _convert_worker(spec: ModelSpec, fetched: dict, out: Path, log: Path) -> Non
 
 
 def _convert(p: Pipeline, folder: Path) -> dict:
-    from edgellm_cli.isolated import run_isolated
     from edgellm_cli.tflite_file import read_signatures
 
     export, fetched = p.spec.export, p.result("fetch").report
@@ -574,7 +583,8 @@ def _bundle_stages() -> dict[str, Stage]:
 STAGES: dict[str, Stage] = {
     "fetch": Stage(lambda p: [], _fetch_inputs, _fetch, ("transformers",)),
     "verify": Stage(lambda p: ["fetch"], _verify_inputs, _verify, ("torch", "transformers")),
-    "convert": Stage(lambda p: ["fetch"], lambda p: {**p.model_identity(), "export": p.spec.export.model_dump()}, _convert, ("torch", "litert-torch")),
+    "convert": Stage(lambda p: ["fetch"], lambda p: {**p.model_identity(), "export": p.spec.export.model_dump()}, _convert, ("torch", "litert-torch"),
+                     worker_imports=("edgellm_cli.convert", "edgellm_cli.loader", "litert_torch")),
     "verify-tflite": Stage(lambda p: ["verify", "convert"], _verify_tflite_inputs, _verify_tflite, ("ai-edge-litert",)),
     "model-file": Stage(lambda p: [], lambda p: {"digest": file_digest(p.model)}, _model_file, cached=False),
     "calibrate": Stage(lambda p: [p.model_stage], _calibrate_inputs, _calibrate, ("ai-edge-litert", "tokenizers", "sentencepiece")),
