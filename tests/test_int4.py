@@ -85,7 +85,7 @@ def test_the_file_holds_exactly_the_integers_gptq_chose(int4_pipeline, stories_b
     report = quantized.report
     assert report["gptq_weights"] == 20  # 5 blocks x qkv (merged), o, gate_up (merged), down
     float_model = stories_build.output / "model.tflite"
-    _, decode = weight_readers(float_model, "decode")
+    _, [decode] = weight_readers(float_model, "decode")
     hessians = load_hessians(int4_pipeline.result("calibrate").path)
     with open(float_model, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
         flat = schema.Model.GetRootAs(data, 0)

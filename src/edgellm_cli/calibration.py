@@ -70,14 +70,14 @@ def _signature_subgraph(flat, signature: str) -> int:
     return next(flat.SignatureDefs(i).SubgraphIndex() for i in range(flat.SignatureDefsLength()) if flat.SignatureDefs(i).SignatureKey().decode() == signature)
 
 
-def weight_readers(model_path: Path, signature: str | None = None) -> tuple[dict[int, list[tuple[int, int, int]]], int | None]:
+def weight_readers(model_path: Path, *signatures: str) -> tuple[dict[int, list[tuple[int, int, int]]], list[int]]:
     """The weights GPTQ can take (read only by FULLY_CONNECTED) with their readers, and the
-    subgraph index of `signature`."""
+    subgraph index of each of `signatures`."""
     from ai_edge_litert import schema_py_generated as schema
 
     with open(model_path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
         flat = schema.Model.GetRootAs(data, 0)
-        found = _fully_connected_weights(flat), _signature_subgraph(flat, signature) if signature else None
+        found = _fully_connected_weights(flat), [_signature_subgraph(flat, signature) for signature in signatures]
         del flat
     return found
 
@@ -90,7 +90,7 @@ def capture_hessians(model_path: Path, windows: list[list[int]], signature: str)
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from edgellm_cli.quiet import native_output_to
-    from edgellm_cli.tflite_file import head_signature
+    from edgellm_cli.tflite_file import head_runner, head_signature
 
     with native_output_to(os.devnull):
         interpreter = Interpreter(model_path=str(model_path), experimental_preserve_all_tensors=True, num_threads=os.cpu_count(),
@@ -100,21 +100,19 @@ def capture_hessians(model_path: Path, windows: list[list[int]], signature: str)
     unknown = set(inputs) - {"tokens", "input_pos"} - {name for name in inputs if name.startswith("kv_cache")}
     if unknown:
         raise EdgeLLMError(f"{model_path.name}: calibration drives signatures with tokens, input_pos and KV caches; {signature} also takes {sorted(unknown)}")
-    head = head_signature(signature)
-    head = head if head in interpreter.get_signature_list() else None
+    head = head_runner(interpreter, signature)
     caches = {name: np.zeros(d["shape"], d["dtype"]) for name, d in inputs.items() if name.startswith("kv_cache")}
     # Weights that read the same activation (q, k and v; gate and up) share one Hessian.
+    weights, indices = weight_readers(model_path, signature, *([head_signature(signature)] if head else []))
     readers: dict[tuple[int, int], list[int]] = {}  # (subgraph, activation tensor): weight buffers
-    for name in [signature, head] if head else [signature]:
-        weights, index = weight_readers(model_path, name)
-        for buffer, ops in weights.items():
-            for activation in {a for s, _, a in ops if s == index}:
-                readers.setdefault((index, activation), []).append(buffer)
+    for buffer, ops in weights.items():
+        for place in {(s, a) for s, _, a in ops if s in indices}:
+            readers.setdefault(place, []).append(buffer)
     sums: dict[tuple[int, int], torch.Tensor] = {}
     for window in windows:
         out = runner(tokens=np.array([window], np.int32), input_pos=np.arange(len(window), dtype=np.int32), **caches)
         if head:
-            interpreter.get_signature_runner(head)(hidden=out["hidden"])
+            head(hidden=out["hidden"])
         for place in readers:
             x = torch.from_numpy(interpreter.get_tensor(place[1], place[0]))
             x = x.reshape(-1, x.shape[-1])

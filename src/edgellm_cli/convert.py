@@ -3,7 +3,7 @@
 Signatures follow the MediaPipe / LiteRT-LM convention: `prefill_{N}` per requested N and
 `decode`, with inputs `tokens` int32 [1, N], `input_pos` int32 [N], `kv_cache_k_{i}` /
 `kv_cache_v_{i}` float32 (K [1, kv_heads, T, head_dim], V [1, kv_heads, head_dim, T]); outputs the
-updated caches and `logits` [1, N, vocab]. `decode` also outputs `next_token` int32 [1, 1], the
+updated caches. `decode` also outputs `logits` [1, 1, vocab] and `next_token` int32 [1, 1], the
 arg-max of its logits (for greedy loops).
 
 A prefill computes no logits: LiteRT-LM reads none (it decodes the prompt's last token), and the
@@ -90,8 +90,8 @@ def signature_inputs(decoder: Decoder, length: int, kv_cache_length: int) -> dic
 
 
 def convert_to_tflite(decoder: Decoder, prefill_lengths: list[int], kv_cache_length: int, out_path: Path, log_path: Path) -> None:
-    """Write `out_path`: one `.tflite` holding prefill_{N} for each N and decode; the converter's
-    own output goes to `log_path`."""
+    """Write `out_path`: one `.tflite` holding prefill_{N} and head_{N} for each N, and decode; the
+    converter's own output goes to `log_path`."""
     module, head = _SignatureModule(decoder).eval(), _HeadModule(decoder).eval()
     signatures = []
     for n in sorted(prefill_lengths):

@@ -224,11 +224,11 @@ class LiteRTModel:
         next_token = arrays.get("next_token")
         if next_token is not None and (next_token.dtype != np.int32 or next_token.size != 1):
             next_token = None  # not edgellm's greedy pick
-        logits, head = arrays["logits"].reshape(width, self.vocab_size) if "logits" in arrays else None, None
-        if logits is None and "hidden" in arrays and head_signature(signature) in signatures:
+        logits = arrays["logits"].reshape(width, self.vocab_size) if "logits" in arrays else None
+        head, name = None, head_signature(signature)
+        if logits is None and "hidden" in arrays and name in signatures:
             # The prefill writes its hidden states into the head's input buffer (one of the runtime's
             # making, as for tokens), so they pass from one to the other without a copy.
-            name = head_signature(signature)
             outputs["hidden"] = self._model.create_input_buffer_by_name(name, "hidden")
             logits = _aligned_zeros(width * self.vocab_size, np.float32).reshape(width, self.vocab_size)
             head = (name, {"hidden": outputs["hidden"]}, {"logits": TensorBuffer.create_from_host_memory(logits)})

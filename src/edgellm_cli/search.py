@@ -125,13 +125,12 @@ def score_windows(model: bytes | Path, windows: list[list[int]], signature: str,
 
     from edgellm_cli.evaluate import log_softmax
     from edgellm_cli.quiet import native_output_to
-    from edgellm_cli.tflite_file import head_signature
+    from edgellm_cli.tflite_file import head_runner
 
     with native_output_to(os.devnull):
         interpreter = Interpreter(**{"model_path": str(model)} if isinstance(model, Path) else {"model_content": model}, num_threads=os.cpu_count())
     runner = interpreter.get_signature_runner(signature)
-    head = head_signature(signature)
-    head = interpreter.get_signature_runner(head) if head in interpreter.get_signature_list() else None
+    head = head_runner(interpreter, signature)
     caches = {name: np.zeros(d["shape"], d["dtype"]) for name, d in runner.get_input_details().items() if name.startswith("kv_cache")}
     nll, kl, count, logps = 0.0, 0.0, 0, []
     for i, window in enumerate(windows):

@@ -147,6 +147,13 @@ def head_signature(prefill: str) -> str:
     return f"head_{prefill.removeprefix('prefill_')}"
 
 
+def head_runner(interpreter, prefill: str):
+    """The signature runner of prefill `prefill`'s head in a LiteRT `Interpreter`; None when the
+    prefill gives its logits itself."""
+    head = head_signature(prefill)
+    return interpreter.get_signature_runner(head) if head in interpreter.get_signature_list() else None
+
+
 def check_generative(path: Path) -> dict[str, Signature]:
     """A sound model with what generation needs: prefill_N and decode signatures taking tokens,
     positions and KV-cache tensors, decode giving logits (a prefill may give none: LiteRT-LM reads
