@@ -63,3 +63,18 @@ def test_run_json_reports_tokens_and_text(stories_build):
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     assert len(report["tokens"]) == 12 and report["text"] and report["tokens_per_second"] > 0
+
+
+def test_a_converter_worker_started_ahead_ends_when_the_conversion_is_cached(stories_build):
+    import multiprocessing
+
+    from conftest import SPECS
+
+    from edgellm_cli.cache import ArtifactCache
+    from edgellm_cli.pipeline import Pipeline
+    from edgellm_cli.spec import load_spec
+
+    pipeline = Pipeline(load_spec(SPECS / "stories260k.yaml"), cache=ArtifactCache(stories_build.cache))
+    [converted] = pipeline.run(["convert"])  # starts the converter's worker ahead of fetch
+    assert converted.cached
+    assert multiprocessing.active_children() == []
