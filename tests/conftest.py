@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -42,6 +43,29 @@ def run_cli(*args: str, cache: Path, env: dict | None = None, cwd: Path = REPO, 
         [sys.executable, "-m", "edgellm_cli", *args], check=False, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=900, input=stdin or ""
     )
     return Result(done.returncode, done.stdout, done.stderr, time.perf_counter() - started)
+
+
+LITERT_LM_GREEDY = """
+import json, sys, litert_lm as lm
+texts = []
+for bundle in sys.argv[3:]:
+    engine = lm.Engine(bundle, backend=lm.Backend.CPU(), cache_dir=sys.argv[2])
+    session = engine.create_session(apply_prompt_template=False, sampler_config=lm.SamplerConfig(top_k=1),
+                                    max_output_tokens=int(sys.argv[1]))
+    session.run_prefill([""])  # from the bundle's start token alone
+    texts.append("".join(r.texts[0] for r in session.run_decode_async()))
+    session.close(); engine.close()
+print(json.dumps(texts))
+"""
+
+
+def litert_lm_greedy(bundles: list[Path], max_tokens: int, scratch: Path) -> list[str]:
+    """Greedy text of each .litertlm from its start token, in LiteRT-LM's own engine (one process)."""
+    pytest.importorskip("litert_lm", reason="litert-lm-api is a dev extra: make install")
+    engine = subprocess.run([sys.executable, "-c", LITERT_LM_GREEDY, str(max_tokens), str(scratch), *map(str, bundles)],
+                            check=False, capture_output=True, text=True, timeout=600)
+    assert engine.returncode == 0, engine.stderr[-2000:]
+    return json.loads(engine.stdout.strip().splitlines()[-1])
 
 
 def cache_files(cache: Path) -> list[Path]:

@@ -4,27 +4,15 @@ and mediapipe 0.10.21's own bundler writes the same .task we do."""
 import json
 import os
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import litert_lm_greedy, run_cli
 
 from edgellm_cli.bundle import TASK_ENTRIES, decode_message, read_task, task_metadata
 from edgellm_cli.chat_template import prompt_affixes
 from edgellm_cli.metadata import PromptSettings
-
-ENGINE = """
-import json, sys, litert_lm as lm
-engine = lm.Engine(sys.argv[1], backend=lm.Backend.CPU(), cache_dir=sys.argv[3])
-session = engine.create_session(apply_prompt_template=False, sampler_config=lm.SamplerConfig(top_k=1),
-                                max_output_tokens=int(sys.argv[2]))
-session.run_prefill([""])  # from the bundle's start token alone
-text = "".join(r.texts[0] for r in session.run_decode_async())
-session.close(); engine.close()
-print(json.dumps(text))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +26,7 @@ def bundles(stories_build, tmp_path_factory):
 
 
 def test_litertlm_runs_in_litert_lm_and_matches_edgellm_run(stories_build, bundles, tmp_path):
-    pytest.importorskip("litert_lm", reason="litert-lm-api is a dev extra: make install")
-    engine = subprocess.run([sys.executable, "-c", ENGINE, str(bundles / "stories.litertlm"), "120", str(tmp_path)],
-                            check=False, capture_output=True, text=True, timeout=300)
-    assert engine.returncode == 0, engine.stderr[-2000:]
-    theirs = json.loads(engine.stdout.strip().splitlines()[-1])
+    [theirs] = litert_lm_greedy([bundles / "stories.litertlm"], 120, tmp_path)
     ours = run_cli("run", str(stories_build.output / "model.tflite"), "--max-tokens", "120", "--json", cache=stories_build.cache)
     ours_text = json.loads(ours.stdout)["text"]
     assert len(theirs) > 200 and theirs == ours_text

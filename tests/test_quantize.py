@@ -1,11 +1,12 @@
 """Quantization recipes through the real ai-edge-quantizer, run in the real LiteRT runtime."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from conftest import SPECS, asset, cache_files, run_cli
+from conftest import SPECS, asset, cache_files, litert_lm_greedy, run_cli
 
 from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.quantize import load_recipe, recipe_names
@@ -22,8 +23,11 @@ def test_the_recipes_ship_and_validate():
 
 @pytest.fixture(scope="module")
 def quantized(stories_build, tmp_path_factory):
-    """Every shipped recipe applied to the stories260K build, through the CLI."""
+    """Every shipped recipe applied to the stories260K build, through the CLI, in a folder with the
+    build's edgellm.json and tokenizer (as `quantize` writes beside the model by default)."""
     out = tmp_path_factory.mktemp("quantized")
+    for name in ("edgellm.json", "tokenizer.model"):
+        shutil.copy(stories_build.output / name, out / name)
     reports = {}
     for name in recipe_names():
         result = run_cli("quantize", str(stories_build.output / "model.tflite"), "--recipe", name, "-o", str(out / f"{name}.tflite"),
@@ -44,6 +48,20 @@ def test_quantized_model_keeps_signatures_and_runs_prefill_and_decode(stories_bu
     ours, reference = quantized_model.prefill(prompt, 0), float_model.prefill(prompt, 0)
     assert np.isfinite(ours).all() and (ours.argmax(-1) == reference.argmax(-1)).mean() >= 0.5  # prefill still predicts
     assert len(list(generate(quantized_model, prompt, 20, Sampler(), stop_ids=[]))) == 20  # and decode runs
+
+
+def test_every_quantized_model_runs_in_litert_lm_as_it_runs_in_edgellm(quantized, tmp_path):
+    out, _ = quantized
+    names = recipe_names()
+    bundles = []
+    for name in names:
+        bundle = tmp_path / f"{name}.litertlm"
+        assert run_cli("bundle", str(out / f"{name}.tflite"), "--format", "litertlm", "-o", str(bundle), cache=tmp_path / "cache").code == 0
+        bundles.append(bundle)
+    theirs = litert_lm_greedy(bundles, 60, tmp_path)
+    for name, text in zip(names, theirs, strict=True):
+        ours = json.loads(run_cli("run", str(out / f"{name}.tflite"), "--max-tokens", "60", "--json", cache=tmp_path / "cache").stdout)["text"]
+        assert len(text) > 100 and text == ours, name  # LiteRT-LM ran prefill and 60 decode steps, to the same greedy text
 
 
 def test_int4_is_smaller_than_int8_is_smaller_than_fp16(quantized):
