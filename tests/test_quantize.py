@@ -1,7 +1,6 @@
 """Quantization recipes through the real ai-edge-quantizer, run in the real LiteRT runtime."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -23,11 +22,8 @@ def test_the_recipes_ship_and_validate():
 
 @pytest.fixture(scope="module")
 def quantized(stories_build, tmp_path_factory):
-    """Every shipped recipe applied to the stories260K build, through the CLI, in a folder with the
-    build's edgellm.json and tokenizer (as `quantize` writes beside the model by default)."""
+    """Every shipped recipe applied to the stories260K build, through the CLI, into a folder of their own."""
     out = tmp_path_factory.mktemp("quantized")
-    for name in ("edgellm.json", "tokenizer.model"):
-        shutil.copy(stories_build.output / name, out / name)
     reports = {}
     for name in recipe_names():
         result = run_cli("quantize", str(stories_build.output / "model.tflite"), "--recipe", name, "-o", str(out / f"{name}.tflite"),
@@ -62,6 +58,15 @@ def test_every_quantized_model_runs_in_litert_lm_as_it_runs_in_edgellm(quantized
     for name, text in zip(names, theirs, strict=True):
         ours = json.loads(run_cli("run", str(out / f"{name}.tflite"), "--max-tokens", "60", "--json", cache=tmp_path / "cache").stdout)["text"]
         assert len(text) > 100 and text == ours, name  # LiteRT-LM ran prefill and 60 decode steps, to the same greedy text
+
+
+def test_quantized_model_written_elsewhere_takes_its_metadata_and_tokenizer_along(stories_build, quantized):
+    out, reports = quantized
+    # The first quantize into the folder wrote them; the later ones found them there.
+    assert sum(1 for report in reports.values() if report["companions"]) == 1
+    metadata = json.loads((out / "edgellm.json").read_text())
+    assert metadata["tokenizer"] == "tokenizer.model" and (out / "tokenizer.model").read_bytes() == (stories_build.output / "tokenizer.model").read_bytes()
+    assert metadata["kv_cache_length"] == 256 and metadata["recipe"] in reports
 
 
 def test_int4_is_smaller_than_int8_is_smaller_than_fp16(quantized):

@@ -480,8 +480,7 @@ def _print_comparison(report: dict, as_json: bool) -> None:
 def quantize(model, recipe, search, max_ppl_ratio, output, as_json, calibration, tokenizer) -> None:
     """Quantize a .tflite with a recipe; every signature and I/O name is kept. Recipes with gptq
     rules first run the model on calibration text (a cached stage)."""
-    from edgellm_cli.files import publish
-    from edgellm_cli.pipeline import quantize_searched
+    from edgellm_cli.pipeline import publish_quantized, quantize_searched
     from edgellm_cli.quantize import load_recipe
 
     if (recipe is None) == (not search):
@@ -493,16 +492,17 @@ def quantize(model, recipe, search, max_ppl_ratio, output, as_json, calibration,
         searched, result = quantize_searched(pipeline)
     else:
         result = pipeline.result("quantize")
-    output = publish(result.file, output or model.with_name(f"{model.stem}-{pipeline.recipe.name}.tflite"))
+    output, *companions = publish_quantized(pipeline, result, output or model.with_name(f"{model.stem}-{pipeline.recipe.name}.tflite"))
     recipe_file = pipeline.recipe.write(output.with_suffix(".yaml")) if searched is not None else None
     if as_json:
         extra = {"recipe_file": str(recipe_file), "search": searched.report, "recipe": pipeline.recipe.model_dump()} if searched is not None else {}
-        emit_json({**result.as_json(), "output": str(output), **extra})
+        emit_json({**result.as_json(), "output": str(output), "companions": [str(c) for c in companions], **extra})
         return
     if searched is not None:
         _print_frontier(searched.report, result.report)
         click.echo(recipe_file)
-    click.echo(output)
+    for written in (*companions, output):
+        click.echo(written)
 
 
 def _print_frontier(search: dict, quantized: dict) -> None:

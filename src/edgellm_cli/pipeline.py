@@ -32,7 +32,7 @@ from edgellm_cli.errors import EdgeLLMError
 from edgellm_cli.files import inside, publish, read_json, write_json
 from edgellm_cli.heap import map_large_allocations
 from edgellm_cli.isolated import discard_spare, run_isolated, start_ahead
-from edgellm_cli.metadata import ModelMetadata, model_metadata
+from edgellm_cli.metadata import METADATA_FILE, ModelMetadata, model_metadata, read_metadata
 from edgellm_cli.spec import Architecture, ExportSection, ModelSpec, resolve_architecture
 
 MODEL_FILE = "model.tflite"
@@ -514,6 +514,18 @@ def quantize_searched(p: Pipeline) -> tuple[StageResult, StageResult]:
             return searched, quantized
         target = math.log(points[index]["predicted_ppl_ratio"]) - excess
         index = max([i for i in range(index) if math.log(points[i]["predicted_ppl_ratio"]) <= target] or [0])
+
+
+def publish_quantized(p: Pipeline, result: StageResult, output: Path) -> list[Path]:
+    """The quantized model at `output`. Where that folder has no edgellm.json, the model's own
+    (naming the recipe) and its tokenizer go with it, so that run, eval and bundle find them."""
+    written = [publish(result.file, output)]
+    if (output.parent / METADATA_FILE).exists() or read_metadata(p.model) is None:
+        return written
+    metadata, tokenizer = p.metadata_and_tokenizer()
+    written.append(publish(tokenizer, output.parent / tokenizer.name))
+    written.append(metadata.model_copy(update={"tokenizer": tokenizer.name, "recipe": p.recipe.name}).write(output.parent))
+    return written
 
 
 def _quantize_needs(p: Pipeline) -> list[str]:
