@@ -472,8 +472,10 @@ def _print_comparison(report: dict, as_json: bool) -> None:
 @click.option("--search", is_flag=True, help="Instead of a recipe: find the smallest int4/int8 mix of layer groups within --max-ppl-ratio, "
               "and write it as a recipe file beside the output.")
 @click.option("--max-ppl-ratio", type=click.FloatRange(min=1.0, min_open=True), default=1.05, show_default=True,
-              help="--search's budget: perplexity over the float model's, on held-out calibration text.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write it (default: MODEL-<recipe>.tflite beside MODEL).")
+              help="--search's budget: perplexity over the float model's, held as exp(mean KL from float) "
+              "on held-out calibration text, which bounds it.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write it (default: MODEL-<recipe>.tflite beside MODEL); "
+              "a folder without edgellm.json also gets the model's, and its tokenizer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @calibration_option
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), help="For calibration (default: the one named by edgellm.json beside MODEL).")
