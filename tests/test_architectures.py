@@ -9,6 +9,7 @@ from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from edgellm_cli.cache import ArtifactCache
+from edgellm_cli.inspect import inspect_tflite
 from edgellm_cli.layers.rope import inverse_frequencies
 from edgellm_cli.pipeline import Pipeline
 from edgellm_cli.spec import RopeScaling, architecture_from_hf_config, load_spec
@@ -83,3 +84,15 @@ def test_qk_rope_and_attention_knobs_really_come_from_the_config(tmp_path):
     assert arch["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention"]
     assert (arch["rope_theta"], arch["rope_local_theta"]) == (1000000.0, 10000.0)
     assert arch["qk_norm"] and arch["norm_offset"] == 1.0 and arch["embedding_scale"] and arch["attention_scale"] == 16**-0.5
+
+
+@pytest.mark.slow
+def test_a_layernorm_model_stores_each_weight_once(tmp_path):
+    # Phi-2's shape at a width where the converter folds each LayerNorm's scale into the q/k/v and
+    # MLP weights after it, once per signature: 33.6 MB for 16.1 MB of weights before LayerNorm
+    # became a composite op.
+    folder = make_tiny_checkpoint("phi-2", tmp_path / "phi", "tokenizer.json", hidden_size=320, intermediate_size=1280)
+    pipeline = Pipeline(load_spec(SPECS / "phi-2.yaml"), checkpoint=folder, cache=ArtifactCache(tmp_path / "cache"))
+    inspected = inspect_tflite(pipeline.result("convert").file)
+    assert inspected["duplicate_weight_bytes"] == 0
+    assert inspected["size_bytes"] < 1.05 * (folder / "model.safetensors").stat().st_size

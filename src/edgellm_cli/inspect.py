@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import zipfile
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from edgellm_cli.errors import EdgeLLMError
@@ -50,7 +51,7 @@ def inspect_tflite(path: Path) -> dict:
     data = path.read_bytes()
     flat = schema.Model.GetRootAs(data, 0)
     type_names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    by_dtype, by_group, seen = Counter(), Counter(), set()
+    by_dtype, by_group, seen, by_size = Counter(), Counter(), set(), defaultdict(list)
     for s in range(flat.SubgraphsLength()):
         subgraph = flat.Subgraphs(s)
         for t in range(subgraph.TensorsLength()):
@@ -63,6 +64,7 @@ def inspect_tflite(path: Path) -> dict:
             if not size:
                 continue
             seen.add(index)
+            by_size[size].append(index)
             block = re.search(r"Block_(\d+)", tensor.Name().decode(errors="replace"))
             by_dtype[type_names.get(tensor.Type(), str(tensor.Type()))] += size
             by_group[f"block {int(block.group(1)):03d}" if block else "embedding, head, other"] += size
@@ -72,7 +74,21 @@ def inspect_tflite(path: Path) -> dict:
         "signatures": signatures,
         "weight_bytes_by_dtype": dict(by_dtype.most_common()),
         "weight_bytes_by_group": dict(sorted(by_group.items())),
+        "duplicate_weight_bytes": _duplicate_bytes(data, flat, by_size),
     }
+
+
+def _duplicate_bytes(data: bytes, flat, by_size: dict[int, list[int]]) -> int:
+    """Bytes of buffers whose contents another buffer already holds: a weight stored twice (a
+    converter that folds a constant once per signature writes one copy for each)."""
+    from edgellm_cli.tflite_file import buffer_data
+
+    duplicates = 0
+    for size, indices in by_size.items():
+        if len(indices) > 1 and size >= 1024:  # weights, not the scalars and shapes every graph repeats
+            contents = {hashlib.sha1(data[start:start + size]).digest() for start, _ in map(buffer_data, map(flat.Buffers, indices))}
+            duplicates += size * (len(indices) - len(contents))
+    return duplicates
 
 
 def inspect_litertlm(path: Path) -> dict:
