@@ -11,8 +11,8 @@ from edgellm_cli.spec import Architecture
 
 def _as_composite(name: str, attr: dict, body: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
     """`body(*inputs)`, exported as one LiteRT composite op (its decomposition is the same math).
-    The boundary keeps the converter from folding a norm's scale into the matmuls after it, which
-    it does once per signature: every such weight was stored once per signature."""
+    The boundary also keeps the converter from folding a norm's scale into the matmuls after it:
+    it folds in each signature separately and stores every folded copy of those weights."""
     from litert_torch.hlfb import StableHLOCompositeBuilder
 
     composite = StableHLOCompositeBuilder(name=name, attr=attr)
