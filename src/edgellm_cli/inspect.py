@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import re
 import zipfile
 from collections import Counter, defaultdict
@@ -36,7 +37,7 @@ def inspect_tflite(path: Path) -> dict:
     from ai_edge_litert.compiled_model import CompiledModel
 
     from edgellm_cli.quiet import native_output_to
-    from edgellm_cli.tflite_file import read_signatures
+    from edgellm_cli.tflite_file import buffer_data, read_signatures
 
     read_signatures(path)  # a damaged file would crash the runtime
     with native_output_to():
@@ -48,46 +49,45 @@ def inspect_tflite(path: Path) -> dict:
             for direction, details in (("inputs", compiled.get_input_tensor_details), ("outputs", compiled.get_output_tensor_details))
         }
 
-    data = path.read_bytes()
-    flat = schema.Model.GetRootAs(data, 0)
-    type_names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    by_dtype, by_group, seen, by_size = Counter(), Counter(), set(), defaultdict(list)
-    for s in range(flat.SubgraphsLength()):
-        subgraph = flat.Subgraphs(s)
-        for t in range(subgraph.TensorsLength()):
-            tensor = subgraph.Tensors(t)
-            index = tensor.Buffer()
-            if index in seen or index <= 0:
-                continue
-            buffer = flat.Buffers(index)
-            size = buffer.DataLength() or buffer.Size()
-            if not size:
-                continue
-            seen.add(index)
-            by_size[size].append(index)
-            block = re.search(r"Block_(\d+)", tensor.Name().decode(errors="replace"))
-            by_dtype[type_names.get(tensor.Type(), str(tensor.Type()))] += size
-            by_group[f"block {int(block.group(1)):03d}" if block else "embedding, head, other"] += size
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        flat = schema.Model.GetRootAs(data, 0)
+        type_names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+        by_dtype, by_group, seen, starts_by_size = Counter(), Counter(), set(), defaultdict(list)
+        for s in range(flat.SubgraphsLength()):
+            subgraph = flat.Subgraphs(s)
+            for t in range(subgraph.TensorsLength()):
+                tensor = subgraph.Tensors(t)
+                index = tensor.Buffer()
+                if index in seen or index <= 0:
+                    continue
+                start, size = buffer_data(flat.Buffers(index)) or (0, 0)
+                if not size:
+                    continue
+                seen.add(index)
+                starts_by_size[size].append(start)
+                block = re.search(r"Block_(\d+)", tensor.Name().decode(errors="replace"))
+                by_dtype[type_names.get(tensor.Type(), str(tensor.Type()))] += size
+                by_group[f"block {int(block.group(1)):03d}" if block else "embedding, head, other"] += size
+        duplicates = _duplicate_bytes(data, starts_by_size)
     return {
         "format": "tflite",
         "size_bytes": path.stat().st_size,
         "signatures": signatures,
         "weight_bytes_by_dtype": dict(by_dtype.most_common()),
         "weight_bytes_by_group": dict(sorted(by_group.items())),
-        "duplicate_weight_bytes": _duplicate_bytes(data, flat, by_size),
+        "duplicate_weight_bytes": duplicates,
     }
 
 
-def _duplicate_bytes(data: bytes, flat, by_size: dict[int, list[int]]) -> int:
+def _duplicate_bytes(data: mmap.mmap, starts_by_size: dict[int, list[int]]) -> int:
     """Bytes of buffers whose contents another buffer already holds: a weight stored twice (a
-    converter that folds a constant once per signature writes one copy for each)."""
-    from edgellm_cli.tflite_file import buffer_data
-
+    converter that folds a constant once per signature writes one copy for each). Only buffers
+    of equal size are compared, each hashed in place."""
     duplicates = 0
-    for size, indices in by_size.items():
-        if len(indices) > 1 and size >= 1024:  # weights, not the scalars and shapes every graph repeats
-            contents = {hashlib.sha1(data[start:start + size]).digest() for start, _ in map(buffer_data, map(flat.Buffers, indices))}
-            duplicates += size * (len(indices) - len(contents))
+    with memoryview(data) as view:
+        for size, starts in starts_by_size.items():
+            if len(starts) > 1 and size >= 1024:  # weights, not the scalars and shapes every graph repeats
+                duplicates += size * (len(starts) - len({hashlib.sha1(view[start:start + size]).digest() for start in starts}))
     return duplicates
 
 
