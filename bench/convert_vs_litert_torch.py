@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgellm.spec.load import find_spec
+
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {
     "smollm2-135m": ("Llama", {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
@@ -155,10 +157,10 @@ def main() -> None:
         work = args.work / name
         checkpoint = make_checkpoint(name, work / "checkpoint")
         spec = work / "bench.yaml"
-        spec.write_text(f"extends: {REPO / 'model_specs' / f'{name}.yaml'}\nexport:\n  prefill_lengths: [128]\n  kv_cache_length: 1024\n")
+        spec.write_text(f"extends: {find_spec(name)}\nexport:\n  prefill_lengths: [128]\n  kv_cache_length: 1024\n")
         shutil.rmtree(work / "edgellm-cache", ignore_errors=True)
         env = {**os.environ, "EDGELLM_CACHE_DIR": str(work / "edgellm-cache"), "HF_HUB_OFFLINE": "1"}
-        ours = measured([sys.executable, "-m", "edgellm_cli", "convert", "--spec", str(spec), "--checkpoint", str(checkpoint), "-o", str(work / "edgellm")], env)
+        ours = measured([sys.executable, "-m", "edgellm", "convert", "--spec", str(spec), "--checkpoint", str(checkpoint), "-o", str(work / "edgellm")], env)
         shutil.rmtree(work / "litert-torch", ignore_errors=True)
         theirs = measured([args.litert_torch_python, "-m", "litert_torch.generative.export_hf", f"--model={checkpoint}", f"--output_dir={work / 'litert-torch'}",
                            "--prefill_lengths=[128]", "--cache_length=1024", "--bundle_litert_lm=False", "--quantization_recipe=none"], {**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -32,12 +32,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_vs_litert_torch import REPO, make_checkpoint
+from convert_vs_litert_torch import make_checkpoint
+
+from edgellm.spec.load import find_spec
 
 REAL_MODELS = Path(os.environ.get("EDGELLM_REAL_MODELS", Path.home() / ".cache" / "edgellm-real-models"))
 CHECKPOINTS = {"smollm2-135m": REAL_MODELS / "smollm2-135m-instruct"}
 LITERT_TORCH_RECIPES = {"float32": "none", "int8": "dynamic_wi8_afp32"}
-EDGELLM = [sys.executable, "-m", "edgellm_cli"]
+EDGELLM = [sys.executable, "-m", "edgellm"]
 
 
 def copy_bandwidth() -> float:
@@ -56,7 +58,7 @@ def decode_bytes(model: Path) -> int:
     """Bytes one decode step reads: each constant buffer the decode signature uses, and the KV cache inputs."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from edgellm_cli.tflite_file import buffer_data
+    from edgellm.tflite.file import buffer_data
 
     data = model.read_bytes()
     flat = schema.Model.GetRootAs(data, 0)
@@ -77,7 +79,7 @@ def build_edgellm(name: str, checkpoint: Path, precision: str, work: Path) -> tu
     spec = work / "bench.yaml"
     # Random-weight checkpoints carry a stand-in tokenizer (TinyLlama's): its stop id, not the model's.
     tokens = "" if name in CHECKPOINTS else "tokenizer:\n  stop_ids: [2]\n"
-    spec.write_text(f"extends: {REPO / 'model_specs' / f'{name}.yaml'}\n{tokens}export:\n  prefill_lengths: [128]\n  kv_cache_length: 1024\n")
+    spec.write_text(f"extends: {find_spec(name)}\n{tokens}export:\n  prefill_lengths: [128]\n  kv_cache_length: 1024\n")
     out = work / f"edgellm-{precision}"
     recipe = ["--recipe", "int8-dynamic"] if precision == "int8" else []
     env = {**os.environ, "EDGELLM_CACHE_DIR": str(work / "edgellm-cache"), "HF_HUB_OFFLINE": "1"}

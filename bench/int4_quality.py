@@ -29,7 +29,7 @@ from decode_vs_litert_torch import litert_lm_speeds
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO.parent / "shared" / "assets"
-EDGELLM = [sys.executable, "-m", "edgellm_cli"]
+EDGELLM = [sys.executable, "-m", "edgellm"]
 RECIPES = ["fp16", "int8-dynamic", "int8-weight-only", "int4-block32", "int4-block128", "mixed-int8-int4", "int4"]
 
 

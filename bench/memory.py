@@ -23,9 +23,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_vs_litert_torch import REPO, make_checkpoint, measured  # a sibling script
+from convert_vs_litert_torch import make_checkpoint, measured  # a sibling script
 
-EDGELLM = [sys.executable, "-m", "edgellm_cli"]
+from edgellm.spec.load import find_spec
+
+EDGELLM = [sys.executable, "-m", "edgellm"]
 # The bundle in LiteRT-LM's own engine: a prompt prefilled, then a sentence scored token by token.
 # Scored, not sampled: a random-weight model's greedy tokens fall outside its stand-in tokenizer's
 # vocabulary, which the engine refuses to detokenize.
@@ -68,7 +70,7 @@ def main() -> None:
         spec = name
         if name != "smollm2-135m":  # a random checkpoint carries a stand-in tokenizer (TinyLlama's): its ids, not the family's
             spec = str(work / "bench.yaml")
-            Path(spec).write_text(f"extends: {REPO / 'model_specs' / f'{name}.yaml'}\n"
+            Path(spec).write_text(f"extends: {find_spec(name)}\n"
                                   "tokenizer:\n  file: tokenizer.model\n  bos_id: 1\n  eos_ids: [2]\n  stop_ids: []\n")
         build = measured([*EDGELLM, "build", "--spec", spec, "--checkpoint", str(checkpoint), "--recipe", "int8-dynamic", "--bundle", "litertlm",
                           "-o", str(work / "out"), "--json"], env)

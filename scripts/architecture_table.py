@@ -18,10 +18,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from tiny_models import TINY, make_tiny_checkpoint
 
-from edgellm_cli.cache import ArtifactCache
-from edgellm_cli.pipeline import Pipeline
-from edgellm_cli.quiet import quiet_libraries
-from edgellm_cli.spec import load_spec
+from edgellm.infra.cache import ArtifactCache
+from edgellm.infra.quiet import quiet_libraries
+from edgellm.pipeline.stages import Pipeline
+from edgellm.spec.load import load_spec
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in sorted(TINY):
-            spec = load_spec(REPO / "model_specs" / f"{name}.yaml")
+            spec = load_spec(name)
             folder = make_tiny_checkpoint(name, Path(tmp) / name, spec.tokenizer.file)
             pipeline = Pipeline(spec, checkpoint=folder, cache=ArtifactCache(Path(tmp) / "cache"))
             ours = pipeline.result("verify").report["comparisons"]["reauthored_vs_transformers"]

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgellm_cli.cache import ArtifactCache
-from edgellm_cli.embedding import EmbeddingModel, compare_models, cosine_matrix
-from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.pipeline import Pipeline
-from edgellm_cli.quantize import load_recipe, recipe_names
-from edgellm_cli.quiet import native_output_to, quiet_libraries
-from edgellm_cli.spec import load_spec
+from edgellm.errors import EdgeLLMError
+from edgellm.infra.cache import ArtifactCache
+from edgellm.infra.quiet import native_output_to, quiet_libraries
+from edgellm.measure.evaluate import embedding_agreement
+from edgellm.pipeline.stages import Pipeline
+from edgellm.quantize.recipes import load_recipe, recipe_names
+from edgellm.runtime.encoder import EmbeddingModel, cosine_matrix
+from edgellm.spec.load import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 WIKITEXT = REPO.parent / "shared/assets/corpora/wikitext2-test/wikitext-2-raw-test.txt"
@@ -35,7 +36,7 @@ def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else Path.home() / ".cache/edgellm-real-models/all-minilm-l6-v2")
     texts = [line.strip() for line in WIKITEXT.read_text(encoding="utf-8").splitlines() if line.strip()][:256]
     with tempfile.TemporaryDirectory() as tmp, native_output_to():
-        spec, cache = load_spec(REPO / "model_specs/all-minilm-l6-v2.yaml"), ArtifactCache(Path(tmp) / "cache")
+        spec, cache = load_spec("all-minilm-l6-v2"), ArtifactCache(Path(tmp) / "cache")
         pipeline = Pipeline(spec, checkpoint=folder, cache=cache, output=Path(tmp) / "out")
         pipeline.run(["convert", "export"])
         float_model = Path(tmp) / "out/model.tflite"
@@ -46,17 +47,17 @@ def main() -> None:
             except EdgeLLMError as exc:
                 skipped[name] = str(exc)
         tokenizer = Path(tmp) / "out/tokenizer.json"
-        report = compare_models([float_model, *quantized.values()], texts, tokenizer)
+        report = embedding_agreement([float_model, *quantized.values()], texts, tokenizer)
         pairs = {}
         for name, path in {"float32": float_model, **quantized}.items():
             matrix = cosine_matrix(np.stack([e.vector for e in EmbeddingModel(path, tokenizer).embed(EXAMPLE)]))
             pairs[name] = (matrix[0, 1], matrix[0, 2], matrix[1, 2])
-    base = report["models"][0]
-    print(f"\n**all-MiniLM-L6-v2, {report['texts']} wikitext-2 lines**, cosine of each recipe's embedding to float32's:\n")
+    base = report.models[0]
+    print(f"\n**all-MiniLM-L6-v2, {report.texts} wikitext-2 lines**, cosine of each recipe's embedding to float32's:\n")
     print("| recipe | size | size ratio | mean cosine to float | lowest cosine | example similarities (0.666, 0.105, 0.141) |")
     print("|---|---|---|---|---|---|")
     print(f"| float32 | {base['size_bytes'] / 1e6:.2f} MB | 1.00 | - | - | {', '.join(f'{v:.3f}' for v in pairs['float32'])} |")
-    for name, row in zip(quantized, report["models"][1:]):
+    for name, row in zip(quantized, report.models[1:]):
         print(f"| {name} | {row['size_bytes'] / 1e6:.2f} MB | {row['size_bytes'] / base['size_bytes']:.2f} | {row['mean_cosine']:.6f} | "
               f"{row['min_cosine']:.6f} | {', '.join(f'{v:.3f}' for v in pairs[name])} |")
     for name, why in skipped.items():

@@ -1,7 +1,7 @@
 """Print the README table: edgellm's `tokenizer to-spm` against litert-torch's tokenizer_to_sentencepiece.
 
 Both converters run on the same tokenizers from ../shared/assets, and both results are measured
-by the same `edgellm_cli.spm.check`: (a) 1,000 random id pairs (seed 0), strict / loose mismatch;
+by the same `edgellm.text.tokenizer_check.check`: (a) 1,000 random id pairs (seed 0), strict / loose mismatch;
 (b) llama.cpp's test vectors; (c) every non-empty line of WikiText-2 test, exact id match.
 litert-torch runs in a subprocess (as its documented CLI; its own
 verification cut to 1 pair, since ours measures it); a crash is reported as such. It runs in
@@ -21,9 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.spm import to_sentencepiece
-from edgellm_cli.tokenizer_check import check
+from edgellm.errors import EdgeLLMError
+from edgellm.text.spm import to_sentencepiece
+from edgellm.text.tokenizer_check import check
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 CORPUS = ASSETS / "corpora/wikitext2-test/wikitext-2-raw-test.txt"

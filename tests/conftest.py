@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from edgellm.spec.load import BUILTIN_SPECS as SPECS
+
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO.parent / "shared" / "assets"
-DEMO = REPO / "demo" / "stories260K"
-SPECS = REPO / "model_specs"
+DEMO = SPECS.parent / "demo" / "stories260K"
 EXPECTED_GREEDY = "checkpoints/stories260K-llama2c/expected_greedy_200steps.txt"
 
 
@@ -40,7 +41,7 @@ def run_cli(*args: str, cache: Path, env: dict | None = None, cwd: Path = REPO, 
     full_env = {**os.environ, "EDGELLM_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", **(env or {})}
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "edgellm_cli", *args], check=False, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=900, input=stdin or ""
+        [sys.executable, "-m", "edgellm", *args], check=False, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=900, input=stdin or ""
     )
     return Result(done.returncode, done.stdout, done.stderr, time.perf_counter() - started)
 

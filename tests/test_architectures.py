@@ -8,12 +8,14 @@ from tiny_models import LLAMA3_ROPE, TINY, make_tiny_checkpoint
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from edgellm_cli.cache import ArtifactCache
-from edgellm_cli.inspect import inspect_tflite
-from edgellm_cli.layers.rope import inverse_frequencies
-from edgellm_cli.pipeline import Pipeline
-from edgellm_cli.spec import RopeScaling, architecture_from_hf_config, load_spec
-from edgellm_cli.spec_init import FAMILY_SPECS
+from edgellm.infra.cache import ArtifactCache
+from edgellm.layers.rope import inverse_frequencies
+from edgellm.measure.inspect import inspect_tflite
+from edgellm.pipeline.stages import Pipeline
+from edgellm.spec.draft import FAMILY_SPECS
+from edgellm.spec.hf_config import architecture_from_hf_config
+from edgellm.spec.load import load_spec
+from edgellm.spec.schema import RopeScaling
 
 
 def test_llama3_inverse_frequencies_match_transformers():

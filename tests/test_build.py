@@ -6,7 +6,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from conftest import EXPECTED_GREEDY, asset, run_cli
 
-from edgellm_cli.pipeline import VERIFY_STAGES
+from edgellm.pipeline.stages import VERIFY_STAGES
 
 
 def test_build_writes_exactly_the_requested_signatures_with_convention_names(stories_build):
@@ -70,9 +70,9 @@ def test_a_converter_worker_started_ahead_ends_when_the_conversion_is_cached(sto
 
     from conftest import SPECS
 
-    from edgellm_cli.cache import ArtifactCache
-    from edgellm_cli.pipeline import Pipeline
-    from edgellm_cli.spec import load_spec
+    from edgellm.infra.cache import ArtifactCache
+    from edgellm.pipeline.stages import Pipeline
+    from edgellm.spec.load import load_spec
 
     pipeline = Pipeline(load_spec(SPECS / "stories260k.yaml"), cache=ArtifactCache(stories_build.cache))
     [converted] = pipeline.run(["convert"])  # starts the converter's worker ahead of fetch

@@ -8,11 +8,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import litert_lm_greedy, run_cli
+from conftest import SPECS, litert_lm_greedy, run_cli
 
-from edgellm_cli.bundle import TASK_ENTRIES, decode_message, read_task, task_metadata
-from edgellm_cli.chat_template import prompt_affixes
-from edgellm_cli.metadata import PromptSettings
+from edgellm.bundle.task import TASK_ENTRIES, decode_message, read_task, task_metadata
+from edgellm.text.chat_template import prompt_affixes
+from edgellm.text.prompt import PromptSettings
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_task_has_the_same_entries_and_metadata_as_mediapipes_bundler(stories_bu
     out = tmp_path / "out"
     # A template gives the bundle a prompt prefix and suffix, as a chat model's would.
     spec = tmp_path / "chat.yaml"
-    spec.write_text(f"extends: {Path(__file__).parents[1] / 'model_specs/stories260k.yaml'}\n"
+    spec.write_text(f"extends: {SPECS / 'stories260k.yaml'}\n"
                     "tokenizer:\n  chat_template: \"{% for m in messages %}<U>{{ m['content'] }}</U>{% endfor %}<A>\"\n")
     assert run_cli("build", "--spec", str(spec), "-o", str(out), "--bundle", "task", cache=stories_build.cache).code == 0
     ours = out / "stories260k.task"

@@ -9,7 +9,7 @@ from conftest import SPECS, run_cli
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from edgellm_cli.cli import cli; print(sorted(m for m in ('torch', 'transformers', 'litert_torch') if m in sys.modules))"
+    code = "import sys; from edgellm.cli import cli; print(sorted(m for m in ('torch', 'transformers', 'litert_torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

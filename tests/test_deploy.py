@@ -12,10 +12,10 @@ import pytest
 from conftest import ASSETS, SPECS, run_cli
 from tiny_models import make_tiny_checkpoint
 
-from edgellm_cli.chat_template import render_chat
-from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.litert_template import PROBE_CONVERSATIONS, adapt_for_litert_lm, as_parts, render_litert_lm, turn_tail
-from edgellm_cli.tokenizer import load_tokenizer
+from edgellm.errors import EdgeLLMError
+from edgellm.text.chat_template import render_chat
+from edgellm.text.litert_template import PROBE_CONVERSATIONS, adapt_for_litert_lm, as_parts, render_litert_lm, turn_tail
+from edgellm.text.tokenizer import load_tokenizer
 
 REAL_SMOLLM2 = Path(os.environ.get("EDGELLM_REAL_MODELS", Path.home() / ".cache" / "edgellm-real-models")) / "smollm2-135m-instruct"
 
@@ -149,11 +149,11 @@ def test_check_passes_the_real_bundle_and_fails_an_unadapted_one(real_smollm2, t
     assert checks["tokenizer"]["detail"] == "hf-tokenizer-json, 49152 tokens" and checks["kv cache"]["detail"].startswith("1024 positions")
     assert checks["generation"]["ok"] and checks["generation"]["detail"].startswith("8 greedy tokens")
     # The same bundle with the checkpoint's template as it was: what LiteRT-LM rejected before issue #15.
-    from edgellm_cli.deploy_check import read_litertlm
+    from edgellm.bundle.check import read_litertlm
 
     llm = read_litertlm(real_smollm2)["llm"]
     assert llm.jinja_prompt_template.startswith("{#- edgellm") and llm.llm_model_type.WhichOneof("model_type") == "generic_model"
-    from edgellm_cli.deploy_check import _template_check
+    from edgellm.bundle.check import _template_check
 
     broken = _template_check(template_of(REAL_SMOLLM2))
     assert not broken.ok and "string and sequence" in broken.detail
@@ -169,7 +169,7 @@ def tiny_chat_checkpoint(family: str, folder: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from edgellm_cli.chat_template import encode_with_specials
+    from edgellm.text.chat_template import encode_with_specials
 
     source = chat_folder(family)
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -224,7 +224,7 @@ def test_two_turns_in_litert_lm_give_the_tokens_edgellm_chat_gives(family, tmp_p
         # re-encoding " word" after "<|assistant|>\n" gives other ids than LiteRT-LM's cache holds.
         assert replies[1] == theirs[1].lstrip(" ")
     if family == "qwen2.5-0.5b":
-        from edgellm_cli.deploy_check import read_litertlm
+        from edgellm.bundle.check import read_litertlm
 
         assert read_litertlm(bundle)["llm"].llm_model_type.WhichOneof("model_type") == "qwen2p5"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import SPECS, run_cli
 
-from edgellm_cli.encoder_config import sentence_pooling
-from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.spec import load_spec
+from edgellm.errors import EdgeLLMError
+from edgellm.spec.load import load_spec
+from edgellm.spec.sentence_config import sentence_pooling
 
 pytestmark = pytest.mark.slow  # builds a real MiniLM and a tiny T5: make test runs them, make test-fast does not
 

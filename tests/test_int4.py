@@ -9,12 +9,12 @@ import pytest
 from ai_edge_litert import schema_py_generated as schema
 from conftest import SPECS, asset, cache_files, run_cli
 
-from edgellm_cli.cache import ArtifactCache
-from edgellm_cli.calibration import load_hessians, weight_readers
-from edgellm_cli.gptq import quantize_weight
-from edgellm_cli.pipeline import Pipeline
-from edgellm_cli.quantize import load_recipe
-from edgellm_cli.tflite_file import buffer_data
+from edgellm.infra.cache import ArtifactCache
+from edgellm.pipeline.stages import Pipeline
+from edgellm.quantize.calibration import load_hessians, weight_readers
+from edgellm.quantize.gptq import quantize_weight
+from edgellm.quantize.recipes import load_recipe
+from edgellm.tflite.file import buffer_data
 
 
 def _correlated_layer(seed=0):

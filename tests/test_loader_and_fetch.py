@@ -9,14 +9,17 @@ from conftest import DEMO, SPECS, cache_files, run_cli
 from safetensors.torch import load_file
 from tiny_models import make_tiny_checkpoint
 
-from edgellm_cli.cache import ArtifactCache
-from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.fetch import locate_checkpoint
-from edgellm_cli.loader import Checkpoint, plan_weights
-from edgellm_cli.pipeline import Pipeline
-from edgellm_cli.spec import load_spec, resolve_architecture
+from edgellm.checkpoint.loader import Checkpoint, plan_weights
+from edgellm.checkpoint.locate import locate_checkpoint
+from edgellm.errors import EdgeLLMError
+from edgellm.infra.cache import ArtifactCache
+from edgellm.kinds import KINDS
+from edgellm.pipeline.stages import Pipeline
+from edgellm.spec.hf_config import resolve_architecture
+from edgellm.spec.load import load_spec
 
 TINYLLAMA = SPECS / "tinyllama-1.1b.yaml"
+DECODER = KINDS["decoder"]
 
 
 def as_pytorch_bin(folder):
@@ -104,7 +107,7 @@ def phi3_spec_with(tmp_path, body):
 def test_fused_tensor_parts_are_sliced_by_our_shapes(tiny_phi3):
     spec = load_spec(SPECS / "phi-3-mini.yaml")
     arch = resolve_architecture(spec, tiny_phi3)
-    plan = plan_weights(spec, arch, Checkpoint.open(tiny_phi3))
+    plan = plan_weights(spec, arch, Checkpoint.open(tiny_phi3), DECODER.build)
     q, k, v = (plan[f"blocks.0.attn.{n}.weight"] for n in "qkv")
     assert (q.start, q.stop, k.start, k.stop, v.start, v.stop) == (0, 64, 64, 96, 96, 128)  # 4 q heads, 2 kv heads of 16
     assert plan["blocks.1.mlp.up.weight"].start == 96
@@ -113,13 +116,13 @@ def test_fused_tensor_parts_are_sliced_by_our_shapes(tiny_phi3):
 def test_fused_parts_must_be_numbered_from_zero(tmp_path, tiny_phi3):
     spec = phi3_spec_with(tmp_path, 'weights:\n  blocks.{layer}.attn.v.weight: {from: "model.layers.{layer}.self_attn.qkv_proj.weight", part: 3}\n')
     with pytest.raises(EdgeLLMError, match=r"parts of model.layers.0.self_attn.qkv_proj.weight .* numbered 0..2"):
-        plan_weights(spec, resolve_architecture(spec, tiny_phi3), Checkpoint.open(tiny_phi3))
+        plan_weights(spec, resolve_architecture(spec, tiny_phi3), Checkpoint.open(tiny_phi3), DECODER.build)
 
 
 def test_fused_tensor_shape_mismatch_names_all_parts(tmp_path, tiny_phi3):
     spec = phi3_spec_with(tmp_path, "architecture:\n  num_kv_heads: 4\n")
     with pytest.raises(EdgeLLMError, match=r"qkv_proj.weight has shape \[128, 64\] but blocks.0.attn.q.weight, blocks.0.attn.k.weight, blocks.0.attn.v.weight need \[192, 64\]"):
-        plan_weights(spec, resolve_architecture(spec, tiny_phi3), Checkpoint.open(tiny_phi3))
+        plan_weights(spec, resolve_architecture(spec, tiny_phi3), Checkpoint.open(tiny_phi3), DECODER.build)
 
 
 def test_transposed_tensor_rule(tmp_path):
@@ -134,6 +137,6 @@ def test_transposed_tensor_rule(tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text(f"extends: {SPECS / 'stories260k.yaml'}\nweights:\n  blocks.0.mlp.down.weight: {{from: model.layers.0.mlp.down_proj.weight, transpose: true}}\n")
     spec = load_spec(path)
-    plan = plan_weights(spec, resolve_architecture(spec, folder), Checkpoint.open(folder))
+    plan = plan_weights(spec, resolve_architecture(spec, folder), Checkpoint.open(folder), DECODER.build)
     assert plan["blocks.0.mlp.down.weight"].transpose
     assert tuple(plan["blocks.0.mlp.down.weight"].read(Checkpoint.open(folder)).shape) == (64, 172)

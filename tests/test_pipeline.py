@@ -10,20 +10,21 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SPECS
 
-PACKAGE = REPO / "src" / "edgellm_cli"
+from edgellm.bundle import formats
+from edgellm.infra import cache
+from edgellm.infra.cache import ArtifactCache, artifact_key, code_digest, package_digest
+from edgellm.pipeline.stages import STAGES, Pipeline
+from edgellm.quantize.recipes import load_recipe
+from edgellm.spec.load import load_spec
 
-from edgellm_cli import bundle, cache
-from edgellm_cli.cache import ArtifactCache, artifact_key, code_digest, package_digest
-from edgellm_cli.pipeline import STAGES, Pipeline
-from edgellm_cli.quantize import load_recipe
-from edgellm_cli.spec import load_spec
+PACKAGE = REPO / "src" / "edgellm"
 
 KEY_OF = """
 import sys
 from pathlib import Path
-from edgellm_cli.cache import ArtifactCache
-from edgellm_cli.pipeline import Pipeline
-from edgellm_cli.spec import load_spec
+from edgellm.infra.cache import ArtifactCache
+from edgellm.pipeline.stages import Pipeline
+from edgellm.spec.load import load_spec
 print(Pipeline(load_spec(sys.argv[1]), cache=ArtifactCache(Path(sys.argv[2]))).key(sys.argv[3]))
 """
 
@@ -37,7 +38,7 @@ def key_with_package(package: Path, stage: str, cache_dir: Path) -> str:
 
 @pytest.mark.slow
 def test_editing_a_layer_changes_the_convert_key(tmp_path):
-    original, changed = tmp_path / "a" / "edgellm_cli", tmp_path / "b" / "edgellm_cli"
+    original, changed = tmp_path / "a" / "edgellm", tmp_path / "b" / "edgellm"
     for copy in (original, changed):
         shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     with (changed / "layers" / "attention.py").open("a") as f:
@@ -49,7 +50,7 @@ def test_editing_a_layer_changes_the_convert_key(tmp_path):
 
 @pytest.mark.parametrize("edited", sorted(p.relative_to(PACKAGE).as_posix() for p in (PACKAGE / "layers").glob("*.py")))
 def test_every_layer_file_is_in_the_code_digest(tmp_path, edited):
-    copy = tmp_path / "edgellm_cli"
+    copy = tmp_path / "edgellm"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     before = package_digest(copy)
     (copy / edited).write_text((copy / edited).read_text().replace("\n", "\n\n", 1))
@@ -63,7 +64,7 @@ def test_library_versions_enter_the_key(monkeypatch):
 
 
 def test_every_stage_needs_only_declared_stages_and_bundles_follow_the_registry(tmp_path):
-    assert {f"bundle-{name}" for name in bundle.FORMATS} <= set(STAGES)
+    assert {f"bundle-{name}" for name in formats.FORMATS} <= set(STAGES)
     spec_build = Pipeline(load_spec(SPECS / "stories260k.yaml"), recipe=load_recipe("int8-dynamic"), formats=("litertlm", "task"),
                           output=tmp_path / "out", cache=ArtifactCache(tmp_path / "cache"))
     model_file = tmp_path / "m.tflite"

@@ -7,9 +7,11 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from conftest import SPECS, asset, cache_files, litert_lm_greedy, run_cli
 
-from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.quantize import load_recipe, recipe_names
-from edgellm_cli.runtime import LiteRTModel, Sampler, generate
+from edgellm.errors import EdgeLLMError
+from edgellm.quantize.recipes import load_recipe, recipe_names
+from edgellm.runtime.decoder import LiteRTModel
+from edgellm.runtime.generate import generate
+from edgellm.runtime.sampler import Sampler
 
 ISSUE_RECIPES = {"fp16", "int8-dynamic", "int8-weight-only", "int4-block32", "int4-block128", "mixed-int8-int4"}
 

@@ -20,12 +20,12 @@ import torch
 from conftest import DEMO, REPO, SPECS, asset, run_cli
 from safetensors.torch import load_file, save_file
 
-from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.pipeline import check_memory
-from edgellm_cli.spec import Architecture, ExportSection
+from edgellm.errors import EdgeLLMError
+from edgellm.pipeline.build import check_memory
+from edgellm.spec.schema import Architecture, ExportSection
 
 STORIES = str(SPECS / "stories260k.yaml")
-CLI = [sys.executable, "-m", "edgellm_cli"]
+CLI = [sys.executable, "-m", "edgellm"]
 
 
 def one_line_error(result, *needles, code=2):

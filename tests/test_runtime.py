@@ -9,14 +9,16 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import DEMO, EXPECTED_GREEDY, REPO, asset, run_cli
+from conftest import DEMO, EXPECTED_GREEDY, SPECS, asset, run_cli
 
-from edgellm_cli.chat_template import encode_with_specials, render_chat
-from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.metadata import read_metadata
-from edgellm_cli.runtime import LiteRTModel, Sampler, Session, generate
-from edgellm_cli.tokenizer import TextStream, load_tokenizer
-from edgellm_cli.weight_cache import is_complete
+from edgellm.errors import EdgeLLMError
+from edgellm.runtime.decoder import LiteRTModel
+from edgellm.runtime.generate import Session, generate
+from edgellm.runtime.sampler import Sampler
+from edgellm.text.chat_template import encode_with_specials, render_chat
+from edgellm.text.tokenizer import TextStream, load_tokenizer
+from edgellm.tflite.metadata import read_metadata
+from edgellm.tflite.weight_cache import is_complete
 
 STORY = "Once upon a time there was a big dog who liked to run in the park with his friends. One day he saw a cat and they played"
 
@@ -256,7 +258,7 @@ def test_edgellm_json_is_typed_and_a_bad_field_is_one_line(stories_build, tmp_pa
 LOGITS_OF = """
 import sys, numpy as np
 from pathlib import Path
-from edgellm_cli.runtime import LiteRTModel
+from edgellm.runtime.decoder import LiteRTModel
 model = LiteRTModel(Path(sys.argv[1]))
 np.save(sys.argv[2], np.concatenate([model.prefill([1, 400, 30, 77], 0), model.decode(5, 4)[None]]))
 """
@@ -297,7 +299,8 @@ def _litert_torch_style(decoder, folder):
     prefill logits (and the same K [1, heads, T, dim] / V [1, heads, dim, T] caches)."""
     import torch
 
-    from edgellm_cli.convert import signature_inputs, write_tflite
+    from edgellm.convert.decoder import signature_inputs
+    from edgellm.convert.lowering import write_tflite
 
     groups = decoder.arch.num_heads // decoder.arch.num_kv_heads
 
@@ -323,16 +326,19 @@ def _litert_torch_style(decoder, folder):
 def test_runtime_drives_litert_torch_conventions_to_the_same_logits_and_text(tmp_path):
     """A model that takes its mask as an input and gives no prefill logits runs through prefill,
     decode, sessions and bench exactly as edgellm's own: same logits, same greedy text."""
-    from edgellm_cli.convert import convert_to_tflite
-    from edgellm_cli.loader import Checkpoint, load_model
-    from edgellm_cli.spec import load_spec, resolve_architecture
+    from edgellm.checkpoint.loader import Checkpoint, load_model
+    from edgellm.convert.decoder import decoder_signatures
+    from edgellm.convert.lowering import write_tflite
+    from edgellm.kinds import kind_named
+    from edgellm.spec.hf_config import resolve_architecture
+    from edgellm.spec.load import load_spec
 
-    spec = load_spec(REPO / "model_specs" / "stories260k.yaml")
+    spec = load_spec(SPECS / "stories260k.yaml")
     arch = resolve_architecture(spec, DEMO)
-    decoder = load_model(spec, arch, Checkpoint.open(DEMO))
+    decoder = load_model(spec, arch, Checkpoint.open(DEMO), kind_named("decoder").build)
     ours_path = tmp_path / "ours.tflite"
-    convert_to_tflite(decoder, [8], 64, ours_path, tmp_path / "ours.log")
-    theirs = LiteRTModel(_litert_torch_style(load_model(spec, arch, Checkpoint.open(DEMO)), tmp_path))
+    write_tflite(decoder_signatures(decoder, [8], 64), ours_path, tmp_path / "ours.log")
+    theirs = LiteRTModel(_litert_torch_style(load_model(spec, arch, Checkpoint.open(DEMO), kind_named("decoder").build), tmp_path))
     ours = LiteRTModel(ours_path)
     assert not theirs.prefill_gives_logits and ours.prefill_gives_logits and theirs.kv_cache_length == 64
     prompt = list(range(1, 21))  # past one prefill_8 chunk: chunks, then decode rows

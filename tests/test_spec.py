@@ -3,8 +3,8 @@
 import pytest
 from conftest import SPECS
 
-from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.spec import load_spec
+from edgellm.errors import EdgeLLMError
+from edgellm.spec.load import load_spec
 
 SHIPPED = sorted(p for p in SPECS.glob("*.yaml") if not p.name.startswith("_"))
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from conftest import asset, run_cli
 
-from edgellm_cli.errors import EdgeLLMError
-from edgellm_cli.spm import to_sentencepiece
-from edgellm_cli.tokenizer import load_spm
-from edgellm_cli.tokenizer_check import check
+from edgellm.errors import EdgeLLMError
+from edgellm.text.spm import to_sentencepiece
+from edgellm.text.tokenizer import load_spm
+from edgellm.text.tokenizer_check import check
 
 WIKITEXT = "corpora/wikitext2-test/wikitext-2-raw-test.txt"
 

@@ -12,9 +12,11 @@ import functools
 import shutil
 from pathlib import Path
 
+from edgellm.infra.resources import data_path
+
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO.parent / "shared" / "assets"
-SPM = REPO / "demo" / "stories260K" / "tokenizer.model"
+SPM = data_path("demo", "stories260K", "tokenizer.model")
 CORPUS = ASSETS / "corpora" / "tinyshakespeare" / "input.txt"
 
 WINDOW = 6

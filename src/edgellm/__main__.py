@@ -1,0 +1,4 @@
+from edgellm.cli import main
+
+if __name__ == "__main__":  # not when a spawned worker process imports it
+    main()

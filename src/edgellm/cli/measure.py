@@ -1,0 +1,149 @@
+"""bench, eval, inspect: measuring a model file, and printing what was measured by its type."""
+
+from __future__ import annotations
+
+from functools import singledispatch
+from pathlib import Path
+
+import click
+
+from edgellm.cli.options import json_option, model_argument, threads_option, tokenizer_option
+from edgellm.cli.output import console, emit_json, print_table
+
+
+@singledispatch
+def print_report(report) -> None:
+    """A measurement as a table (each report type registers its own printer below)."""
+    raise TypeError(f"no printer for {type(report).__name__}")
+
+
+def register_printers() -> None:
+    """Printers for the report types of measure/reports.py (imported only when a command prints)."""
+    from rich.table import Table
+
+    from edgellm.measure.reports import BenchComparison, DecodeBench, EmbedBench, EmbeddingAgreement, PerplexityReport
+
+    @print_report.register
+    def _(report: DecodeBench) -> None:
+        table = Table("measurement", "value", title=f"{report.model} ({report.threads or 'default'} threads)")
+        table.add_row("time to first token", f"{report.time_to_first_token_ms:.1f} ms ({report.prompt_tokens}-token prompt)")
+        for name, row in report.prefill.items():
+            table.add_row(f"prefill ({name})", f"{row['tokens_per_second']:.1f} tokens/s ({row['ms']:.1f} ms)")
+        table.add_row("decode, pipeline", f"{report.decode_tokens_per_second:.1f} tokens/s")
+        table.add_row("decode, raw invoke", f"{report.raw_decode_tokens_per_second:.1f} tokens/s")
+        table.add_row("pipeline overhead", f"{report.pipeline_overhead_percent:.1f} % (median of paired runs)")
+        table.add_row("peak RSS", f"{report.peak_rss_mb:.0f} MB")
+        print_table(table)
+
+    @print_report.register
+    def _(report: BenchComparison) -> None:
+        first, second = report.models
+        table = Table("tokens/s", first, second, "ratio", title=f"median of {report.rounds} alternating rounds ({report.threads or 'default'} threads)")
+        for name in {**report.speeds[0], **report.speeds[1]}:
+            cells = [f"{speeds[name]:.1f}" if name in speeds else "-" for speeds in report.speeds]
+            table.add_row(name, *cells, f"{report.ratio[name]:.2f}x" if name in report.ratio else "-")
+        print_table(table)
+
+    @print_report.register
+    def _(report: EmbedBench) -> None:
+        for name, row in report.signatures.items():
+            click.echo(f"{name:<12} {row['ms']:9.2f} ms  {row['tokens_per_second']:10.1f} tokens/s")
+
+    @print_report.register
+    def _(report: EmbeddingAgreement) -> None:
+        for row in report.models:
+            cosine = f"cosine to first: mean {row['mean_cosine']:.6f}, lowest {row['min_cosine']:.6f}" if "mean_cosine" in row else "(reference)"
+            click.echo(f"{Path(row['model']).name:<40} {row['size_bytes'] / 1e6:8.2f} MB  {cosine}")
+
+    @print_report.register
+    def _(report: PerplexityReport) -> None:
+        against = "transformers" if report.reference else "first"
+        table = Table("model", "size", "perplexity", f"ratio vs {against}", "top-1", "mean KL", f"greedy differs at (of {report.greedy_tokens})",
+                      title=f"{Path(report.corpus).name}: {report.tokens} tokens")
+        if report.reference:
+            table.add_row("transformers", "", f"{report.reference['perplexity']:.3f}", "", "", "", "")
+        for row in report.models:
+            size = f"{row['size_bytes'] / 1e6:.2f} MB"
+            if "top1_agreement" not in row:
+                table.add_row(Path(row["model"]).name, size, f"{row['perplexity']:.3f}", "-", "-", "-", "-")
+                continue
+            divergence = "never" if row["greedy_divergence"] is None else str(row["greedy_divergence"])
+            table.add_row(Path(row["model"]).name, size, f"{row['perplexity']:.3f}", f"{row['perplexity_ratio']:.4f}",
+                          f"{row['top1_agreement']:.2%}", f"{row['mean_kl']:.4f}", divergence)
+        print_table(table)
+
+
+def show(report, as_json: bool) -> None:
+    if as_json:
+        emit_json(report.as_json())
+        return
+    register_printers()
+    print_report(report)
+
+
+@click.command(epilog="\b\nExamples:\n  edgellm bench build/stories260k/model.tflite --threads 2 --json\n"
+               "  edgellm bench ours.tflite --compare litert-torch.tflite --threads 2 --repeats 5")
+@model_argument()
+@threads_option()
+@click.option("--prompt-tokens", default=32, show_default=True, type=click.IntRange(min=1), help="Prompt length for time to first token.")
+@click.option("--decode-tokens", default=64, show_default=True, type=click.IntRange(min=1), help="Tokens to decode for tokens/s.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Runs per measurement; the fastest counts (decode: pipeline and raw runs in pairs, overhead = median over pairs).")
+@tokenizer_option("Detokenise in the pipeline numbers (default: the one beside MODEL, if any).")
+@click.option("--compare", type=click.Path(dir_okay=False, path_type=Path),
+              help="A second model (another converter's, say) timed in alternating rounds with MODEL; medians over --repeats rounds and their ratio.")
+@json_option("Print the measurements as JSON.")
+def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, compare, as_json) -> None:
+    """Time to first token, prefill tokens/s per signature, decode tokens/s (pipeline and raw invoke), peak memory.
+
+    For an embedding model: milliseconds per call of each embed_N signature."""
+    from edgellm.kinds import model_kind
+
+    kind = model_kind(model, "bench")
+    if compare is not None:
+        model_kind(compare, "bench --compare")
+        kind = model_kind(model, "bench --compare")
+    show(kind.benchmark(model, tokenizer, threads, prompt_tokens, decode_tokens, repeats, compare), as_json)  # no spinner: it would take CPU from what is timed
+
+
+@click.command("eval", epilog="\b\nExamples:\n  edgellm eval build/stories260k/model.tflite build/stories260k/model-int8-dynamic.tflite --corpus story.txt\n"
+               "  edgellm eval model.tflite model-int4.tflite --corpus wiki.txt --transformers ./checkpoint --json")
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--corpus", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path), help="A UTF-8 text file.")
+@tokenizer_option("Default: the one named by edgellm.json beside the first model.")
+@click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(min=2), help="Evaluate the first N tokens of the corpus.")
+@click.option("--window", type=click.IntRange(min=2), help="Tokens per window (default: min(256, KV cache)).")
+@click.option("--transformers", "checkpoint", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Compare every model against transformers run on this checkpoint folder, instead of against the first model.")
+@json_option()
+def evaluate_models(models, corpus, tokenizer, max_tokens, window, checkpoint, as_json) -> None:
+    """Perplexity of each model over a corpus; against the first (float) model, or transformers:
+    perplexity ratio, top-1 agreement, mean KL, and the first token where greedy generation differs.
+
+    For embedding models: each non-empty corpus line embedded by every model; mean and lowest cosine to the first."""
+    from edgellm.kinds import model_kind
+
+    kind = model_kind(models[0], "eval")
+    if as_json:
+        report = kind.evaluate(list(models), corpus, tokenizer, max_tokens, window, checkpoint)
+    else:
+        with console().status("[bold]eval[/]…", spinner="dots"):
+            report = kind.evaluate(list(models), corpus, tokenizer, max_tokens, window, checkpoint)
+    show(report, as_json)
+
+
+@click.command(epilog="\b\nExamples:\n  edgellm inspect build/stories260k/model.tflite\n  edgellm inspect stories.task --json")
+@click.argument("path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@json_option()
+def inspect(path, as_json) -> None:
+    """Show a .tflite's signatures and weight sizes, or a .litertlm / .task bundle's contents and metadata."""
+    from edgellm.measure.inspect import inspect_file
+
+    report = inspect_file(path)
+    if as_json:
+        emit_json(report)
+        return
+    from rich.console import Console
+    from rich.pretty import Pretty
+
+    Console().print(Pretty(report, expand_all=True))

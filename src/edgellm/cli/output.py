@@ -1,0 +1,59 @@
+"""How commands print: one JSON document for `--json`, else rich tables and a line per stage on stderr."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def console():
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+def emit_json(data) -> None:
+    """What every command prints for `--json`: one JSON document on stdout."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def print_table(table) -> None:
+    """A rich table on stdout."""
+    from rich.console import Console
+
+    Console().print(table)
+
+
+class Progress:
+    """A spinner while a stage runs, then its line in the stage table (nothing with --json)."""
+
+    def __init__(self, label: str, quiet: bool, only: str | None = None):
+        """`only`: show this stage alone (a command on a model file shows its one stage)."""
+        self.label, self.quiet, self.only, self.results, self._status = label, quiet, only, [], None
+
+    def start(self, stage: str) -> None:
+        if not self.quiet and self.only in (None, stage):
+            self._status = console().status(f"[bold]{stage}[/] {self.label}…", spinner="dots")
+            self._status.start()
+
+    def finish(self, result) -> None:
+        self.results.append(result)
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        if not self.quiet and self.only in (None, result.stage):
+            how = "[dim]cached[/]" if result.cached else "[green]ran[/]   "
+            console().print(f"  {result.stage:<16} {how} {result.seconds:7.2f}s {result.peak_rss_bytes / 2**30:6.2f} GiB  {result.report.summary()}")
+
+
+def print_comparisons(comparisons: dict) -> None:
+    """A verify report's comparisons as one table."""
+    from rich.table import Table
+
+    from edgellm.verify.report import COLUMNS
+
+    table = Table("comparison", *COLUMNS[type(next(iter(comparisons.values())))])
+    for name, comparison in comparisons.items():
+        table.add_row(name, *comparison.row())
+    print_table(table)

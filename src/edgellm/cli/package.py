@@ -1,0 +1,62 @@
+"""bundle and check: a model packaged for a runtime, and any tool's bundle checked as that runtime will use it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edgellm.cli.build import pipeline
+from edgellm.cli.options import BundleFormat, chat_template_option, json_option, model_argument, tokenizer_option
+from edgellm.cli.output import Progress, console, emit_json
+
+
+@click.command(epilog="\b\nExamples:\n  edgellm bundle build/stories260k/model.tflite --format litertlm\n"
+               "  edgellm bundle build/stories260k/model.tflite --format task -o stories.task")
+@model_argument()
+@click.option("--format", "fmt", type=BundleFormat(), required=True, help="A registered bundle format (bundle/formats.py).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Default: MODEL with the format's extension.")
+@tokenizer_option()
+@chat_template_option()
+@click.option("--stop-id", "stop_ids", multiple=True, type=int, help="Stop token id (repeatable; default: the model's).")
+@json_option()
+def bundle(model, fmt, output, tokenizer, template_file, stop_ids, as_json) -> None:
+    """Package MODEL with its tokenizer, start/stop tokens and prompt template for a runtime.
+
+    Before writing, a pre-flight checks that the bundle will work there: the start and stop tokens
+    exist, and the chat template renders in LiteRT-LM to the prompt `edgellm chat` would feed.
+    """
+    from edgellm.infra.files import publish, read_text
+
+    stage, template = f"bundle-{fmt}", read_text(template_file, "chat template") if template_file else None
+    build = pipeline(Progress(model.name, as_json, stage), model=model, tokenizer=tokenizer, formats=(fmt,), chat_template=template, stop_ids=stop_ids)
+    result = build.result(stage)
+    output = publish(result.file, output or model.with_suffix(f".{fmt}"))
+    if as_json:
+        emit_json({**result.as_json(), "output": str(output)})
+        return
+    click.echo(output)
+
+
+@click.command("check", epilog="\b\nExamples:\n  edgellm check build/smollm2-135m/smollm2-135m.litertlm\n  edgellm check other-tool.task --json")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-generate", is_flag=True, help="Skip the short greedy generation through LiteRT-LM's engine.")
+@json_option("Print the checks as JSON.")
+def check_bundle(path, no_generate, as_json) -> None:
+    """Check a .litertlm or .task bundle (any tool's) the way its runtime will use it: a deploy gate.
+
+    Signatures, KV length, start/stop tokens, the chat template as LiteRT-LM renders it, the
+    tokenizer, and a short greedy reply through LiteRT-LM's engine. Exit 2 when a check fails.
+    """
+    from edgellm.bundle.check import check_bundle as run_checks
+
+    report = run_checks(path, generate=not no_generate)
+    if as_json:
+        emit_json(report)
+    else:
+        for item in report["checks"]:
+            mark = "[green]ok[/]  " if item["ok"] else "[red]FAIL[/]"
+            console().print(f"  {mark} {item['name']:<11} {item['detail']}", markup=True, highlight=False)
+    if not report["ok"]:
+        sys.exit(2)

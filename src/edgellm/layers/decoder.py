@@ -1,0 +1,113 @@
+"""A decoder-only transformer assembled from an `Architecture`; the whole forward pass in one place."""
+
+import torch
+from torch import nn
+
+from edgellm.layers.attention import Attention, softcap
+from edgellm.layers.mlp import MLP
+from edgellm.layers.norms import make_norm
+from edgellm.layers.rope import RotaryEmbedding
+from edgellm.spec.schema import Architecture
+
+# Additive mask value: large enough that exp() underflows to 0, small enough to stay finite.
+_MASKED = -1e9
+
+
+class Block(nn.Module):
+    """Pre-norm attention and MLP, sequential or in parallel, with optional post-norms (sandwich)."""
+
+    def __init__(self, arch: Architecture, layer: int):
+        super().__init__()
+        self.sliding = arch.layer_type(layer) == "sliding_attention"
+        self.parallel = arch.parallel_residual
+        self.attn_norm = make_norm(arch)
+        self.attn = Attention(arch)
+        self.post_attn_norm = make_norm(arch) if arch.post_attention_norm else None
+        self.mlp_norm = None if arch.parallel_residual else make_norm(arch)
+        self.mlp = MLP(arch)
+        self.post_mlp_norm = make_norm(arch) if arch.post_mlp_norm else None
+
+    def forward(self, x, rope, mask, k_cache, v_cache, input_pos):
+        h = self.attn_norm(x)
+        attn, k_cache, v_cache = self.attn(h, rope, mask, k_cache, v_cache, input_pos)
+        if self.parallel:
+            return x + attn + self.mlp(h), k_cache, v_cache
+        if self.post_attn_norm is not None:
+            attn = self.post_attn_norm(attn)
+        x = x + attn
+        out = self.mlp(self.mlp_norm(x))
+        if self.post_mlp_norm is not None:
+            out = self.post_mlp_norm(out)
+        return x + out, k_cache, v_cache
+
+
+class Decoder(nn.Module):
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.arch = arch
+        self.embed = nn.Embedding(arch.vocab_size, arch.hidden_size)
+        self.blocks = nn.ModuleList(Block(arch, i) for i in range(arch.num_layers))
+        self.norm = make_norm(arch)
+        self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=arch.lm_head_bias)
+        self.tie_weights()
+        self.rope = RotaryEmbedding(arch.rotary_dim, arch.rope_theta, arch.rope_scaling)
+        # Sliding layers may rotate with their own base (two RoPE bases); otherwise they share.
+        local = arch.rope_local_theta is not None
+        self.rope_local = RotaryEmbedding(arch.rotary_dim, arch.rope_local_theta) if local else None
+
+    def merge_projections(self) -> dict[str, list[str]]:
+        """Merge the linear layers that read the same input (q/k/v, gate/up): fewer, larger matmuls
+        for the runtime. Returns each merged parameter's parts, by full name."""
+        return {
+            f"blocks.{i}.{kind}.{name}": [f"blocks.{i}.{kind}.{part}" for part in parts]
+            for i, block in enumerate(self.blocks)
+            for kind, module in (("attn", block.attn), ("mlp", block.mlp))
+            for name, parts in module.merge_projections().items()
+        }
+
+    def tie_weights(self) -> None:
+        if self.arch.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def cache_shapes(self, kv_cache_length: int) -> dict[str, tuple[int, int, int, int]]:
+        """K is [1, kv_heads, T, head_dim] and V [1, kv_heads, head_dim, T] (layers/kv_cache.py says why)."""
+        heads, dim = self.arch.num_kv_heads, self.arch.head_dim
+        return {"k": (1, heads, kv_cache_length, dim), "v": (1, heads, dim, kv_cache_length)}
+
+    def empty_cache(self, kv_cache_length: int) -> dict[str, torch.Tensor]:
+        shapes = self.cache_shapes(kv_cache_length)
+        return {f"kv_cache_{kind}_{i}": torch.zeros(shapes[kind]) for i in range(self.arch.num_layers) for kind in "kv"}
+
+    def masks(self, input_pos: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Additive masks, causal and causal within the sliding window, as every layer adds them to its
+        scores: [1, 1, groups * N, T], the N query rows once per query head sharing a KV head."""
+        key_pos = torch.arange(kv_len, dtype=input_pos.dtype)[None, :]
+        query_pos = input_pos[:, None]
+        causal = key_pos <= query_pos
+        groups = self.arch.num_heads // self.arch.num_kv_heads
+
+        def rows(visible: torch.Tensor) -> torch.Tensor:
+            return torch.cat([torch.where(visible, 0.0, _MASKED)] * groups)[None, None]
+
+        if self.arch.sliding_window is None:
+            return rows(causal), None
+        return rows(causal), rows(causal & (key_pos > query_pos - self.arch.sliding_window))
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_cache: dict[str, torch.Tensor], logits: bool = True) -> dict[str, torch.Tensor]:
+        """tokens [1, N] at positions input_pos [N] (consecutive); returns logits [1, N, vocab] and the
+        new caches, or with `logits=False` the final hidden states [1, N, hidden] instead of logits."""
+        full_mask, sliding_mask = self.masks(input_pos, kv_cache["kv_cache_k_0"].shape[2])
+        rope = self.rope(input_pos)
+        rope_local = self.rope_local(input_pos) if self.rope_local is not None else rope
+        x = self.embed(tokens)
+        if self.arch.embedding_scale:
+            x = x * (self.arch.hidden_size**0.5)
+        new_cache = {}
+        for i, block in enumerate(self.blocks):
+            k, v = f"kv_cache_k_{i}", f"kv_cache_v_{i}"
+            mask, block_rope = (sliding_mask, rope_local) if block.sliding else (full_mask, rope)
+            x, new_cache[k], new_cache[v] = block(x, block_rope, mask, kv_cache[k], kv_cache[v], input_pos)
+        hidden = self.norm(x)
+        if not logits:
+            return {"hidden": hidden, **new_cache}
+        return {"logits": softcap(self.lm_head(hidden), self.arch.final_logit_softcap), **new_cache}
