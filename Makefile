@@ -45,7 +45,7 @@ test-fast: lint
 
 # The main job, offline, on the embedded demo model: build (fetch, verify, convert, verify .tflite), then generate.
 demo:
-	HF_HUB_OFFLINE=1 $(BIN)/edgellm build --spec model_specs/stories260k.yaml -o build/stories260k
+	HF_HUB_OFFLINE=1 $(BIN)/edgellm build --spec stories260k -o build/stories260k
 	$(BIN)/edgellm run build/stories260k/model.tflite --max-tokens 200
 
 clean:

@@ -33,11 +33,11 @@ def main() -> None:
             spec = load_spec(name)
             folder = make_tiny_checkpoint(name, Path(tmp) / name, spec.tokenizer.file)
             pipeline = Pipeline(spec, checkpoint=folder, cache=ArtifactCache(Path(tmp) / "cache"))
-            ours = pipeline.result("verify").report["comparisons"]["reauthored_vs_transformers"]
-            tflite = pipeline.result("verify-tflite").report["comparisons"]["tflite_vs_transformers"]
+            ours = pipeline.result("verify").report.comparisons["reauthored_vs_transformers"]
+            tflite = pipeline.result("verify-tflite").report.comparisons["tflite_vs_transformers"]
             cls = json.loads((folder / "config.json").read_text())["architectures"][0]
             spread = np.load(pipeline.result("verify").path / "reference_logits.npy").std()
-            print(f"| {name} | {cls} | {spread:.2f} | {ours['max_abs_logit_diff']:.1e} | {tflite['max_abs_logit_diff']:.1e} | {tflite['top1_agreement']:.0%} |", flush=True)
+            print(f"| {name} | {cls} | {spread:.2f} | {ours.max_abs_logit_diff:.1e} | {tflite.max_abs_logit_diff:.1e} | {tflite.top1_agreement:.0%} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ def test_architecture_reads_both_rope_config_formats():
 
 def assert_within_tolerance(comparisons):
     for name, metrics in comparisons.items():
-        assert metrics["top1_agreement"] == 1.0, (name, metrics)
-        assert metrics["max_abs_logit_diff"] <= 1e-3, (name, metrics)
+        assert metrics.top1_agreement == 1.0, (name, metrics)
+        assert metrics.max_abs_logit_diff <= 1e-3, (name, metrics)
 
 
 @pytest.fixture(scope="module", params=sorted(TINY))
@@ -52,12 +52,12 @@ def tiny(request, tmp_path_factory):
 def test_shipped_spec_verifies_and_converts(tiny):
     spec, folder, cache = tiny
     pipeline = Pipeline(spec, checkpoint=folder, cache=cache)
-    comparisons = pipeline.result("verify").report["comparisons"] | pipeline.result("verify-tflite").report["comparisons"]
+    comparisons = pipeline.result("verify").report.comparisons | pipeline.result("verify-tflite").report.comparisons
     assert set(comparisons) == {"reauthored_vs_transformers", "tflite_vs_transformers", "tflite_vs_reauthored"}
     assert_within_tolerance(comparisons)
-    arch = pipeline.result("fetch").report["architecture"]
-    if arch["sliding_window"] is not None:
-        assert arch["sliding_window"] < spec.verify.num_tokens  # the window is really exercised
+    arch = pipeline.result("fetch").report.architecture
+    if arch.sliding_window is not None:
+        assert arch.sliding_window < spec.verify.num_tokens  # the window is really exercised
 
 
 @pytest.mark.slow
@@ -69,7 +69,7 @@ def test_spec_init_draft_builds_and_verifies_unedited(tiny, tmp_path):
     assert draft.model_dump(include={"weights", "architecture"}) == spec.model_dump(include={"weights", "architecture"})
     assert draft.export == spec.export
     pipeline = Pipeline(draft, cache=cache)
-    assert_within_tolerance(pipeline.result("verify").report["comparisons"] | pipeline.result("verify-tflite").report["comparisons"])
+    assert_within_tolerance(pipeline.result("verify").report.comparisons | pipeline.result("verify-tflite").report.comparisons)
 
 
 def test_spec_init_refuses_an_unsupported_class_and_lists_the_supported(tmp_path):
@@ -82,10 +82,10 @@ def test_spec_init_refuses_an_unsupported_class_and_lists_the_supported(tmp_path
 def test_qk_rope_and_attention_knobs_really_come_from_the_config(tmp_path):
     folder = make_tiny_checkpoint("gemma-3-1b", tmp_path / "g3", "tokenizer.model")
     pipeline = Pipeline(load_spec(SPECS / "gemma-3-1b.yaml"), checkpoint=folder, cache=ArtifactCache(tmp_path / "cache"))
-    arch = pipeline.result("fetch").report["architecture"]
-    assert arch["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention"]
-    assert (arch["rope_theta"], arch["rope_local_theta"]) == (1000000.0, 10000.0)
-    assert arch["qk_norm"] and arch["norm_offset"] == 1.0 and arch["embedding_scale"] and arch["attention_scale"] == 16**-0.5
+    arch = pipeline.result("fetch").report.architecture
+    assert arch.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
+    assert (arch.rope_theta, arch.rope_local_theta) == (1000000.0, 10000.0)
+    assert arch.qk_norm and arch.norm_offset == 1.0 and arch.embedding_scale and arch.attention_scale == 16**-0.5
 
 
 @pytest.mark.slow

@@ -83,7 +83,7 @@ def _int4_values(path, subgraph_index, tensor_index):
 def test_the_file_holds_exactly_the_integers_gptq_chose(int4_pipeline, stories_build):
     quantized = int4_pipeline.result("quantize")
     report = quantized.report
-    assert report["gptq_weights"] == 20  # 5 blocks x qkv (merged), o, gate_up (merged), down
+    assert report.gptq_weights == 20  # 5 blocks x qkv (merged), o, gate_up (merged), down
     float_model = stories_build.output / "model.tflite"
     _, [decode] = weight_readers(float_model, "decode")
     hessians = load_hessians(int4_pipeline.result("calibrate").path)

@@ -40,8 +40,8 @@ def test_checkpoint_formats_load_and_verify(tmp_path, layout):
     else:
         assert checkpoint.files() == ["pytorch_model.bin"]
     pipeline = Pipeline(load_spec(TINYLLAMA), checkpoint=folder, cache=ArtifactCache(tmp_path / "cache"))
-    metrics = pipeline.result("verify").report["comparisons"]["reauthored_vs_transformers"]
-    assert metrics["top1_agreement"] == 1.0 and metrics["max_abs_logit_diff"] <= 1e-4
+    metrics = pipeline.result("verify").report.comparisons["reauthored_vs_transformers"]
+    assert metrics.top1_agreement == 1.0 and metrics.max_abs_logit_diff <= 1e-4
 
 
 def test_folder_without_weights_is_a_clear_error(tmp_path):
