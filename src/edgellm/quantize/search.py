@@ -122,21 +122,17 @@ def score_windows(model: bytes | Path, windows: list[list[int]], signature: str,
     """Mean negative log-likelihood per token of each window's continuation, every window run
     from position 0 through `signature` (a prefill as wide as the windows) in LiteRT's CPU path;
     mean KL from `reference` (log-probabilities per window); and these log-probabilities (float16)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgellm.infra.quiet import native_output_to
     from edgellm.measure.evaluate import log_softmax
-    from edgellm.tflite.file import head_runner
+    from edgellm.runtime.litert import Signatures
+    from edgellm.tflite.file import head_signature
 
-    with native_output_to(os.devnull):
-        interpreter = Interpreter(**{"model_path": str(model)} if isinstance(model, Path) else {"model_content": model}, num_threads=os.cpu_count())
-    runner = interpreter.get_signature_runner(signature)
-    head = head_runner(interpreter, signature)
-    caches = {name: np.zeros(d["shape"], d["dtype"]) for name, d in runner.get_input_details().items() if name.startswith("kv_cache")}
+    runner = Signatures(model, os.cpu_count())
+    head = head_signature(signature) if head_signature(signature) in runner.names() else None
+    caches = {name: np.zeros(shape, np.float32) for name, shape in runner.input_shapes(signature).items() if name.startswith("kv_cache")}
     nll, kl, count, logps = 0.0, 0.0, 0, []
     for i, window in enumerate(windows):
-        out = runner(tokens=np.array([window], np.int32), input_pos=np.arange(len(window), dtype=np.int32), **caches)
-        logits = (head(hidden=out["hidden"]) if head else out)["logits"][0, :-1]
+        out = runner(signature, tokens=np.array([window], np.int32), input_pos=np.arange(len(window), dtype=np.int32), **caches)
+        logits = (runner(head, hidden=out["hidden"]) if head else out)["logits"][0, :-1]
         logp = log_softmax(logits.astype(np.float64))
         nll -= float(logp[np.arange(len(window) - 1), window[1:]].sum())
         if reference is not None:

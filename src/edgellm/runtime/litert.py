@@ -79,7 +79,7 @@ def runtime_array(model, signature: str, name: str, shape: tuple, dtype) -> tupl
     return buffer, view, True
 
 
-def _compile(path: Path, threads: int | None, weight_cache_path: str):
+def _compile(path: Path | bytes, threads: int | None, weight_cache_path: str):
     from ai_edge_litert.compiled_model import CompiledModel
     from ai_edge_litert.cpu_options import CpuOptions
     from ai_edge_litert.hardware_accelerator import HardwareAccelerator
@@ -88,18 +88,19 @@ def _compile(path: Path, threads: int | None, weight_cache_path: str):
     cpu = CpuOptions(num_threads=threads or 0, xnnpack_weight_cache_path=weight_cache_path)
     try:
         with native_output_to():  # the runtime logs every accelerator and plugin it probes
-            model = CompiledModel.from_file(str(path), options=Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=cpu))
+            options = Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=cpu)
+            model = CompiledModel.from_buffer(path, options=options) if isinstance(path, bytes) else CompiledModel.from_file(str(path), options=options)
             for signature in model.get_signature_list():
                 model.get_output_tensor_details(signature)  # a failed allocation surfaces here, not in from_file
             return model
     except (ValueError, RuntimeError) as exc:
         if not weight_cache_path:
-            raise EdgeLLMError(f"{path}: not a loadable .tflite model ({str(exc).splitlines()[0]})") from None
+            raise EdgeLLMError(f"{'the model' if isinstance(path, bytes) else path}: not a loadable .tflite model ({str(exc).splitlines()[0]})") from None
         raise
 
 
-def compile_for_cpu(path: Path, threads: int | None = None, packed_weights: bool = False):
-    """`path` compiled for the CPU (XNNPack); with `packed_weights`, XNNPack's packing of the weights
+def compile_for_cpu(path: Path | bytes, threads: int | None = None, packed_weights: bool = False):
+    """`path` (or a model's bytes) compiled for the CPU (XNNPack); with `packed_weights`, XNNPack's packing of the weights
     is kept in edgellm's cache and shared by every signature and later loads (tflite/weight_cache.py)."""
     cache = weight_cache(path) if packed_weights else None
     try:
@@ -121,8 +122,9 @@ class Signatures:
     """A compiled model's signatures called with numpy arrays, their buffers made once per signature
     (what LiteRT's Interpreter calls signature runners, on the CompiledModel API)."""
 
-    def __init__(self, path: Path, threads: int | None = None):
-        self._model = compile_for_cpu(path, threads)
+    def __init__(self, model: Path | bytes, threads: int | None = None):
+        self._data = model  # a model given as bytes must outlive its compiled form
+        self._model = compile_for_cpu(model, threads)
         self._buffers: dict[str, tuple[dict, dict, dict]] = {}
 
     def names(self) -> list[str]:
