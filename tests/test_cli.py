@@ -63,3 +63,11 @@ def test_spec_init_without_bos_in_config_takes_it_from_the_tokenizer(demo_copy, 
     fetched = run_cli("fetch", "--spec", str(tmp_path / "draft.yaml"), "--json", cache=cache)
     assert fetched.code == 0, fetched.stderr
     assert json.loads(fetched.stdout)["stages"][0]["prompt"]["bos_id"] == 1  # tokenizer.model's BOS
+
+
+def test_spec_list_names_the_shipped_specs_that_build_takes(tmp_path):
+    result = run_cli("spec", "list", "--json", cache=tmp_path / "cache")
+    assert result.code == 0, result.stderr
+    listed = {row["name"]: row["source"] for row in json.loads(result.stdout)}
+    assert listed["stories260k"] == "embedded: stories260K" and listed["smollm2-135m"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert not any(name.startswith("_") for name in listed)  # family files are not models

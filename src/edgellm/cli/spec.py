@@ -6,21 +6,31 @@ from pathlib import Path
 
 import click
 
+from edgellm.cli.options import json_option
+from edgellm.cli.output import emit_json
+
 
 @click.group()
 def spec() -> None:
     """Check model specs."""
 
 
-@spec.command("list")
-def spec_list() -> None:
-    """The shipped specs: name, and the checkpoint each one builds."""
+@spec.command("list", epilog="\b\nExample:\n  edgellm spec list --json")
+@json_option("Print the specs as JSON.")
+def spec_list(as_json) -> None:
+    """The shipped specs: name, and the checkpoint each one builds (--spec takes the name)."""
     from edgellm.spec.load import BUILTIN_SPECS, is_family_file, load_spec
 
+    rows = {}
     for path in sorted(BUILTIN_SPECS.glob("*.yaml")):
         if not is_family_file(path):
             source = load_spec(path).source
-            click.echo(f"{path.stem:<20} {source.hub.repo_id if source.hub else 'embedded: ' + Path(source.path).name}")
+            rows[path.stem] = source.hub.repo_id if source.hub else f"embedded: {Path(source.path).name}"
+    if as_json:
+        emit_json([{"name": name, "source": source} for name, source in rows.items()])
+        return
+    for name, source in rows.items():
+        click.echo(f"{name:<20} {source}")
 
 
 @spec.command("check", epilog="\b\nExample:\n  edgellm spec check my-model.yaml")

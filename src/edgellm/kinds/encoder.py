@@ -12,14 +12,19 @@ from edgellm.verify.report import reauthored_report, tflite_report
 REFERENCES = ("reference_embeddings.npy", "reauthored_embeddings.npy")
 
 
-def check_sequence_lengths(spec, arch) -> None:
-    """Every signature length must fit a learned position table."""
-    if arch.position_embedding == "learned" and max(spec.export.sequence_lengths) > arch.max_position_embeddings:
-        raise EdgeLLMError(f"spec {spec.name}: export.sequence_lengths {max(spec.export.sequence_lengths)} exceeds the model's "
-                           f"{arch.max_position_embeddings} positions; lower it")
+class PaddedInputsKind(ModelKind):
+    """A kind whose inputs are padded to fixed signature lengths (export.sequence_lengths)."""
+
+    def check_export(self, spec, arch):
+        if arch.position_embedding == "learned" and max(spec.export.sequence_lengths) > arch.max_position_embeddings:
+            raise EdgeLLMError(f"spec {spec.name}: export.sequence_lengths {max(spec.export.sequence_lengths)} exceeds the model's "
+                               f"{arch.max_position_embeddings} positions; lower it")
+
+    def verify_key(self, spec):
+        return {"sequence_lengths": spec.export.sequence_lengths}  # verification pads its inputs to these
 
 
-class EncoderKind(ModelKind):
+class EncoderKind(PaddedInputsKind):
     name = "encoder"
     marker = re.compile(r"embed_\d+")
     commands = ("embed", "bench", "eval")
@@ -28,12 +33,6 @@ class EncoderKind(ModelKind):
         from edgellm.layers.encoder import TextEncoder
 
         return TextEncoder(arch)
-
-    def check_export(self, spec, arch):
-        check_sequence_lengths(spec, arch)
-
-    def verify_key(self, spec):
-        return {"sequence_lengths": spec.export.sequence_lengths}  # inputs are padded to these
 
     def verify(self, spec, arch, prompt, checkpoint_dir, load, out):
         from edgellm.verify.embeddings import compare_embeddings, reauthored_embeddings, reference_embeddings, verification_inputs

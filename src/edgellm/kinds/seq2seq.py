@@ -8,14 +8,13 @@ import re
 import numpy as np
 
 from edgellm.errors import EdgeLLMError
-from edgellm.kinds.encoder import check_sequence_lengths
-from edgellm.kinds.kind import ModelKind
+from edgellm.kinds.encoder import PaddedInputsKind
 from edgellm.verify.report import reauthored_report, tflite_report
 
 REFERENCES = ("reference_logits.npy", "reauthored_logits.npy")
 
 
-class Seq2SeqKind(ModelKind):
+class Seq2SeqKind(PaddedInputsKind):
     name = "encoder-decoder"
     marker = re.compile(r"encode_\d+")
     commands = ("run",)
@@ -24,12 +23,6 @@ class Seq2SeqKind(ModelKind):
         from edgellm.layers.t5 import EncoderDecoder
 
         return EncoderDecoder(arch)
-
-    def check_export(self, spec, arch):
-        check_sequence_lengths(spec, arch)
-
-    def verify_key(self, spec):
-        return {"sequence_lengths": spec.export.sequence_lengths}  # inputs are padded to these
 
     def verify(self, spec, arch, prompt, checkpoint_dir, load, out):
         from edgellm.verify.logits import compare

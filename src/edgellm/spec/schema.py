@@ -300,7 +300,7 @@ class ModelSpec(_Strict):
 def describe_error(error: dict) -> str:
     field = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
     if error["type"] == "extra_forbidden":
-        return f"{field}: unknown key; check its spelling against docs in spec.py"
+        return f"{field}: unknown key; check its spelling against the schema in edgellm/spec/schema.py"
     if error["type"] == "missing":
         return f"{field}: required field is missing; add it"
     message = error["msg"].removeprefix("Value error, ")
