@@ -18,9 +18,8 @@ from edgellm.infra.reports import StageReport
 from edgellm.kinds import kind_named
 from edgellm.spec.schema import Architecture, ExportSection, ModelSpec
 from edgellm.text.prompt import PromptSettings
+from edgellm.tflite.metadata import MODEL_FILE
 from edgellm.verify.report import VerifyReport
-
-MODEL_FILE = "model.tflite"
 
 
 class FetchReport(StageReport):

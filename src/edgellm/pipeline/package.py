@@ -10,9 +10,7 @@ from pydantic import Field
 from edgellm.bundle.inputs import BundleInputs, BundleReport
 from edgellm.infra.files import publish
 from edgellm.infra.reports import StageReport
-from edgellm.tflite.metadata import ModelMetadata
-
-MODEL_FILE = "model.tflite"
+from edgellm.tflite.metadata import MODEL_FILE, ModelMetadata
 
 
 class ExportReport(StageReport):

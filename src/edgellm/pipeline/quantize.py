@@ -10,8 +10,7 @@ from pathlib import Path
 
 from edgellm.infra.reports import StageReport
 from edgellm.quantize.recipes import Recipe
-
-MODEL_FILE = "model.tflite"
+from edgellm.tflite.metadata import MODEL_FILE
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from edgellm.infra.files import inside, read_json, write_json
 from edgellm.text.prompt import PromptSettings
 
 METADATA_FILE = "edgellm.json"
+MODEL_FILE = "model.tflite"  # the name edgellm gives the models it writes (in the cache and in -o folders)
 
 
 class ModelMetadata(PromptSettings):
