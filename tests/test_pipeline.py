@@ -86,3 +86,12 @@ def test_a_change_downstream_keeps_the_upstream_keys(tmp_path):
     first, second = Pipeline(spec, cache=cache_dir), Pipeline(looser, cache=cache_dir)
     assert first.key("convert") == second.key("convert")  # the model does not depend on verify limits
     assert first.key("verify") != second.key("verify")
+
+
+def test_every_stage_report_reads_back_what_it_writes():
+    """report.json leaves out fields a stage did not fill (None): each such field must default to None,
+    or a cached stage could not be read back."""
+    for name, stage in STAGES.items():
+        for field, info in stage.report.model_fields.items():
+            if type(None) in getattr(info.annotation, "__args__", ()) or info.annotation is None:
+                assert not info.is_required(), f"{name}: {stage.report.__name__}.{field} may be None, so it needs a default"

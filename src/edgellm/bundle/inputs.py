@@ -31,8 +31,8 @@ class BundleReport(StageReport):
     file: str | None = None
     size_bytes: int | None = None
     format: str
-    start_id: int | None
-    start_token: str | None
+    start_id: int | None = None  # None: the model's input does not start with BOS
+    start_token: str | None = None
     stop_ids: list[int]
     stop_tokens: list[str]
     prompt_prefix: str

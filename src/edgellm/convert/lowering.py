@@ -20,6 +20,8 @@ def _register_lowerings() -> None:
     from litert_converter.mlir.dialects import stablehlo
     from litert_torch.backend import lowerings
 
+    import edgellm.layers.kv_cache  # noqa: F401 - defines the ops lowered here, whatever kind of model is converted
+
     @lowerings.lower(torch.ops.edgellm.update_cache)
     def _update_cache(lctx, cache, update, start, dim):
         i32 = ir.IntegerType.get_signless(32)
