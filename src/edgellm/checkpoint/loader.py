@@ -65,6 +65,14 @@ class Checkpoint:
         handle = self._open[file, mapped]
         return handle.get_tensor(name) if hasattr(handle, "get_tensor") else handle[name]
 
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of tensor `name`, read alone (a plain read of just those rows from safetensors)."""
+        file = self.tensors[name].file
+        if (file, False) not in self._open:
+            self._open[file, False] = _open_tensor_file(self.folder / file, mapped=False)
+        handle = self._open[file, False]
+        return handle.get_slice(name)[start:stop] if hasattr(handle, "get_slice") else handle[name][start:stop]
+
 
 def _open_tensor_file(path: Path, mapped: bool = True):
     if path.suffix == ".safetensors":
@@ -174,21 +182,7 @@ def plan_weights(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint, bu
         model = build(arch)
     ours = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
     tied = set(ours) - dict(model.named_parameters()).keys()  # aliases, e.g. a tied output head
-
-    rules: dict[str, TensorRule] = {}
-    for our_template, rule in spec.weights.items():
-        rule = TensorRule(source=rule) if isinstance(rule, str) else rule
-        try:
-            expanded = _expand(rule, our_template, _layer_count(our_template, ours, arch.num_layers))
-        except ValueError as exc:
-            raise EdgeLLMError(f"spec {spec.name}: {exc}") from None
-        for our_name, layer_rule in expanded:
-            if our_name not in ours:
-                raise EdgeLLMError(
-                    f"spec {spec.name}: weights key {our_template!r} is not a parameter of this architecture "
-                    f"(its parameters: {', '.join(sorted(_templates(ours)))})"
-                )
-            rules[our_name] = layer_rule
+    rules = _rules(spec, arch, ours)
 
     unmapped = [name for name in ours if name not in rules and name not in tied]
     if unmapped:
@@ -214,6 +208,67 @@ def plan_weights(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint, bu
             f"({len(unexpected)} unused in all); map it in `weights` or list it in `ignore_tensors`"
         )
     return {name: load for name, load in plan.items() if name not in tied}
+
+
+def resolve_output_head(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint,
+                        build: Callable[[Architecture], torch.nn.Module]) -> tuple[Architecture, str]:
+    """The architecture to build, and in a few words which tensor the output head reads ("" for a
+    model without one).
+
+    A config.json may tie the head to the embedding while the checkpoint also stores the head's own
+    tensor with other values (some tools save both): transformers then loads the stored head,
+    untied (it only warns that the config is wrong), and so do we. A stored copy equal to the
+    embedding (a .bin checkpoint saves both names) stays tied, as there.
+    """
+    with torch.device("meta"):
+        model = build(arch.model_copy(update={"tie_word_embeddings": True}))  # to find which parameters a tie aliases
+    owners = {id(p): name for name, p in model.named_parameters()}
+    everything = dict(model.named_parameters(remove_duplicate=False))
+    heads = {name: owners[id(p)] for name, p in everything.items() if owners[id(p)] != name}
+    if not heads:
+        return arch, ""
+    sources = {name: rule.source for name, rule in _rules(spec, arch, everything).items()}
+    if not arch.tie_word_embeddings:
+        return arch, ", ".join(sorted({sources[head] for head in heads if head in sources}))
+    stored = sorted({sources[head] for head, owner in heads.items()
+                     if sources.get(head) in checkpoint.tensors and sources.get(owner) in checkpoint.tensors
+                     and sources[head] != sources[owner] and not _same_values(checkpoint, sources[head], sources[owner])})
+    if not stored:
+        return arch, "the embedding (tied)"
+    untied = arch.model_copy(update={"tie_word_embeddings": False})
+    return untied, f"stored {', '.join(stored)} (config.json ties it to the embedding; transformers loads the stored one)"
+
+
+def _same_values(checkpoint: Checkpoint, first: str, second: str, rows: int = 4096) -> bool:
+    """Whether two checkpoint tensors hold equal values, compared a block of rows at a time: two
+    different matrices differ in the first block, and equal ones never sit in memory whole."""
+    shape = checkpoint.tensors[first].shape
+    if shape != checkpoint.tensors[second].shape or not shape:
+        return False
+    for start in range(0, shape[0], rows):
+        stop = min(start + rows, shape[0])
+        if not torch.equal(checkpoint.read_rows(first, start, stop).float(), checkpoint.read_rows(second, start, stop).float()):
+            return False
+    return True
+
+
+def _rules(spec: ModelSpec, arch: Architecture, ours: dict) -> dict[str, TensorRule]:
+    """The spec's `weights`, per layer: our parameter name -> the rule that makes it."""
+    rules: dict[str, TensorRule] = {}
+    for our_template, rule in spec.weights.items():
+        rule = TensorRule(source=rule) if isinstance(rule, str) else rule
+        try:
+            expanded = _expand(rule, our_template, _layer_count(our_template, ours, arch.num_layers))
+        except ValueError as exc:
+            raise EdgeLLMError(f"spec {spec.name}: {exc}") from None
+        for our_name, layer_rule in expanded:
+            if our_name not in ours:
+                raise EdgeLLMError(
+                    f"spec {spec.name}: weights key {our_template!r} is not a parameter of this architecture "
+                    f"(its parameters: {', '.join(sorted(_templates(ours)))})"
+                )
+            rules[our_name] = layer_rule
+    return rules
 
 
 def _group_by_source(rules: dict[str, TensorRule]) -> dict[str, list[tuple[str, TensorRule]]]:

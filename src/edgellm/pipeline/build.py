@@ -28,10 +28,12 @@ class FetchReport(StageReport):
     file_digests: dict[str, str]
     architecture: Architecture
     prompt: PromptSettings
+    output_head: str = ""  # which tensor the output head reads, in a few words ("" without a head)
 
     def summary(self) -> str:
         arch = self.architecture
-        return f"{Path(self.checkpoint_dir).name}: {arch.num_layers} layers, hidden {arch.hidden_size}, vocab {arch.vocab_size}"
+        head = f", output head: {self.output_head}" if self.output_head else ""
+        return f"{Path(self.checkpoint_dir).name}: {arch.num_layers} layers, hidden {arch.hidden_size}, vocab {arch.vocab_size}{head}"
 
 
 class ConvertReport(StageReport):
@@ -85,7 +87,7 @@ def fetch(spec: ModelSpec, folder: Path) -> FetchReport:
     before any later stage."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from edgellm.checkpoint.loader import Checkpoint, plan_weights
+    from edgellm.checkpoint.loader import Checkpoint, plan_weights, resolve_output_head
     from edgellm.checkpoint.prompt import resolve_prompt_settings
     from edgellm.spec.hf_config import resolve_architecture
     from edgellm.text.tokenizer import load_tokenizer
@@ -96,14 +98,22 @@ def fetch(spec: ModelSpec, folder: Path) -> FetchReport:
     try:
         arch = resolve_architecture(spec, folder)
         checkpoint = Checkpoint.open(folder)
+        arch, head = resolve_output_head(spec, arch, checkpoint, kind_named(arch.kind).build)  # may untie it
         plan_weights(spec, arch, checkpoint, kind_named(arch.kind).build)
         tokenizer_file = inside(folder, spec.tokenizer.file, "tokenizer.file")
         if not tokenizer_file.is_file():
             raise EdgeLLMError(f"checkpoint {folder.name}: tokenizer file {spec.tokenizer.file} is missing; fix tokenizer.file in the spec")
         tokenizer = load_tokenizer(tokenizer_file)  # a damaged tokenizer fails here, not in a runtime
-        if tokenizer.vocab_size > arch.vocab_size:
-            raise EdgeLLMError(f"checkpoint {folder.name}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {arch.vocab_size}; "
+        # Special added tokens past the embedding (a multimodal placeholder) are allowed, as transformers allows them.
+        if tokenizer.ordinary_size > arch.vocab_size:
+            raise EdgeLLMError(f"checkpoint {folder.name}: the tokenizer has {tokenizer.ordinary_size} tokens but the model only {arch.vocab_size}; "
                                "fix tokenizer.file in the spec (it names another model's tokenizer)")
+        prompt = resolve_prompt_settings(spec, folder)
+        # Stop ids past the embedding are never produced, so harmless; a start token is fed, and would index past it.
+        for what, token_id, fix in (("BOS", prompt.bos_id, "set tokenizer.bos_id in the spec"),
+                                    ("decoder start", prompt.decoder_start_id, "fix decoder_start_token_id in config.json")):
+            if token_id is not None and not 0 <= token_id < arch.vocab_size:
+                raise EdgeLLMError(f"checkpoint {folder.name}: the {what} token id {token_id} is outside the model's {arch.vocab_size} tokens; {fix}")
         check_memory(arch, spec.export, weight_elements(checkpoint))
         kind_named(arch.kind).check_export(spec, arch)
         return FetchReport(
@@ -111,7 +121,8 @@ def fetch(spec: ModelSpec, folder: Path) -> FetchReport:
             weight_elements=weight_elements(checkpoint),
             file_digests={name: digest.result() for name, digest in digests.items()},
             architecture=arch,
-            prompt=resolve_prompt_settings(spec, folder),
+            prompt=prompt,
+            output_head=head,
         )
     finally:
         hashing.shutdown(cancel_futures=True)

@@ -37,6 +37,9 @@ class Session:
                 f"the conversation ({len(tokens)} tokens) exceeds the KV cache ({self.model.kv_cache_length} positions); "
                 "start a new one or rebuild with a larger export.kv_cache_length"
             )
+        if outside := [t for t in tokens if not 0 <= t < self.model.vocab_size]:  # would index past the embedding
+            raise EdgeLLMError(f"the input has token id {outside[0]}, outside the model's {self.model.vocab_size} tokens; "
+                               "remove the special token that gives it, or pass this model's tokenizer")
         common = 0
         for ours, theirs in zip(self.history, tokens):
             if ours != theirs:
@@ -107,8 +110,9 @@ class Generator:
         self.metadata, tokenizer = model_metadata(model, tokenizer)
         self.tokenizer = load_tokenizer(tokenizer)
         self.litert = LiteRTModel(model, num_threads=threads, max_prefill=max_prefill)
-        if self.tokenizer.vocab_size > self.litert.vocab_size:
-            raise EdgeLLMError(f"{tokenizer} has {self.tokenizer.vocab_size} tokens but {model.name} only {self.litert.vocab_size}; "
+        # Special added tokens past the model's vocabulary are allowed (transformers allows them); Session.feed refuses them.
+        if self.tokenizer.ordinary_size > self.litert.vocab_size:
+            raise EdgeLLMError(f"{tokenizer} has {self.tokenizer.ordinary_size} tokens but {model.name} only {self.litert.vocab_size}; "
                                "pass the tokenizer of this model with --tokenizer")
         self.sampler = sampler or Sampler()
         self.stop_ids = list(stop_ids) or self.metadata.stop_ids

@@ -161,6 +161,16 @@ class Tokenizer:
         self._token_bytes: dict[int, bytes] = {}
         self._token_text: dict[int, str | None] = {}
 
+    @cached_property
+    def ordinary_size(self) -> int:
+        """How many ids ordinary text encodes to: the tokenizer model's vocabulary and any added token
+        that is not special. Special added tokens may lie past a model's embedding (a multimodal
+        placeholder a text-only checkpoint never sees), which transformers accepts."""
+        if self._sp is not None:
+            return self.vocab_size
+        plain = [token_id + 1 for token_id, token in self._hf.get_added_tokens_decoder().items() if not token.special]
+        return max([self._hf.get_vocab_size(with_added_tokens=False), *plain])
+
     @property
     def path(self) -> Path:
         return self.files.path
