@@ -314,24 +314,45 @@ def test_a_full_output_disk_leaves_no_half_model(stories_build, tmp_path):
 
 
 def start_build(cache: Path, out: Path) -> subprocess.Popen:
+    """A build as a terminal starts a foreground job: SIGINT unblocked and at its default action. This test
+    run may have it ignored (`make test &` from a script: a non-interactive shell ignores SIGINT in its
+    background jobs, and an ignored signal stays ignored across exec, so the build would shrug off the
+    Ctrl-C and finish). exec resets a handled signal to its default: handle it while the build starts."""
     env = {**os.environ, "EDGELLM_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([*CLI, "build", "--spec", STORIES, "-o", str(out)], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        return subprocess.Popen([*CLI, "build", "--spec", STORIES, "-o", str(out)], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
-def wait_for_convert(cache: Path, build: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while not list(cache.glob(".staging-convert-*")):
-        assert build.poll() is None and time.monotonic() < deadline, "the build ended before converting"
-        time.sleep(0.2)
-    time.sleep(3)  # into the converter's work
+def stop_mid_convert(cache: Path, build: subprocess.Popen) -> None:
+    """Wait until the worker is converting, then stop the whole build (SIGSTOP to its group) with the
+    conversion unfinished: the signal a test sends next lands mid-convert however slow or fast the machine.
+    The worker opens the stage's log just before the converter runs (lowering.write_tflite), and writes
+    model.tflite as its last step, before which the parent cannot commit the artifact."""
+    deadline = time.monotonic() + 300
+    while not list(cache.glob("logs/staging-convert-*.log")):
+        assert build.poll() is None, "the build ended before converting"
+        if time.monotonic() > deadline:
+            os.killpg(build.pid, signal.SIGKILL)
+            pytest.fail("the conversion did not start within 300 s")
+        time.sleep(0.05)
+    os.killpg(build.pid, signal.SIGSTOP)
+    staging = list(cache.glob(".staging-convert-*"))
+    if len(staging) != 1 or (staging[0] / "model.tflite").exists() or (cache / "convert").exists():
+        os.killpg(build.pid, signal.SIGKILL)
+        pytest.fail("the conversion finished before the build could be stopped mid-convert")
 
 
 @pytest.mark.slow
 def test_a_build_killed_mid_convert_is_swept_and_a_rerun_succeeds(tmp_path):
     cache = tmp_path / "cache"
     build = start_build(cache, tmp_path / "out")
-    wait_for_convert(cache, build)
+    stop_mid_convert(cache, build)
     os.killpg(build.pid, signal.SIGKILL)
     build.wait()
     assert list(cache.glob(".staging-convert-*")) and not (cache / "convert").exists()  # what a kill leaves
@@ -345,8 +366,9 @@ def test_a_build_killed_mid_convert_is_swept_and_a_rerun_succeeds(tmp_path):
 def test_ctrl_c_mid_convert_exits_130_in_one_line_and_leaves_nothing_half_done(tmp_path):
     cache = tmp_path / "cache"
     build = start_build(cache, tmp_path / "out")
-    wait_for_convert(cache, build)
+    stop_mid_convert(cache, build)
     os.killpg(build.pid, signal.SIGINT)  # what a terminal sends: the whole foreground group
+    os.killpg(build.pid, signal.SIGCONT)  # parent and worker take it now, mid-convert
     _, stderr = build.communicate(timeout=120)
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert build.returncode == 130 and len(errors) == 1 and errors[0].startswith("error: interrupted") and "Traceback" not in stderr, stderr
