@@ -59,3 +59,19 @@ def test_extends_cycle_is_reported(tmp_path):
 def test_missing_spec_file(tmp_path):
     with pytest.raises(EdgeLLMError, match="no such file"):
         load_spec(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ("{num_layers: 3, rope_layers: [true, false]}", "rope_layers has 2 entries for 3 layers"),
+        ("{pre_norm: false, parallel_residual: true}", "it needs pre_norm"),
+        ("{qk_norm_over: heads}", "qk_norm_over"),
+        ("{logit_divisor: 0}", "logit_divisor"),
+        ("{kind: encoder, norm_placement: pre}", "norm_placement pre is not for encoder models (they take post)"),
+    ],
+)
+def test_architecture_overrides_are_checked_before_any_checkpoint(tmp_path, overrides, needle):
+    with pytest.raises(EdgeLLMError) as error:
+        load_spec(write(tmp_path, BASE + f"architecture: {overrides}\n"))
+    assert needle in str(error.value) and "\n" not in str(error.value)

@@ -18,8 +18,7 @@ import functools
 
 import torch
 
-from edgellm.layers.attention import softcap
-from edgellm.layers.decoder import Decoder
+from edgellm.layers.decoder import Decoder, output_logits
 
 
 class _SignatureModule(torch.nn.Module):
@@ -45,10 +44,10 @@ class _HeadModule(torch.nn.Module):
 
     def __init__(self, decoder: Decoder):
         super().__init__()
-        self.lm_head, self.cap = decoder.lm_head, decoder.arch.final_logit_softcap
+        self.lm_head, self.arch = decoder.lm_head, decoder.arch
 
     def forward(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": softcap(self.lm_head(hidden), self.cap)}
+        return {"logits": output_logits(self.lm_head, self.arch, hidden)}
 
 
 @functools.cache

@@ -26,8 +26,9 @@ class Attention(nn.Module):
         self.v = nn.Linear(dim, kv_dim, bias=arch.attention_bias)
         self.out = nn.Linear(q_dim, dim, bias=arch.attention_out_bias)
         self.qkv: nn.Linear | None = None  # q, k and v as one matmul: merge_projections, before loading
-        self.q_norm = make_norm(arch, arch.head_dim) if arch.qk_norm else None
-        self.k_norm = make_norm(arch, arch.head_dim) if arch.qk_norm else None
+        self.norm_projections = arch.qk_norm_over == "projection"  # else each head, over head_dim
+        self.q_norm = make_norm(arch, q_dim if self.norm_projections else arch.head_dim) if arch.qk_norm else None
+        self.k_norm = make_norm(arch, kv_dim if self.norm_projections else arch.head_dim) if arch.qk_norm else None
 
     def merge_projections(self) -> dict[str, list[str]]:
         """q, k and v read the same input: one matmul (their weights side by side). Returns each
@@ -39,23 +40,26 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         input_pos: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, N, dim]; mask [1, 1, groups * N, T] additive (Decoder.masks); caches K [B, kv_heads, T, head_dim],
-        V [B, kv_heads, head_dim, T]."""
+        """x [B, N, dim]; rope (cos, sin), or None for a layer that does not rotate; mask [1, 1, groups * N, T]
+        additive (Decoder.masks); caches K [B, kv_heads, T, head_dim], V [B, kv_heads, head_dim, T]."""
         b, n, _ = x.shape
         kvh, groups, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
         q, k, v = self.qkv(x).split([self.num_heads * d, kvh * d, kvh * d], dim=-1)
+        if self.q_norm is not None and self.norm_projections:
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(b, n, self.num_heads, d).transpose(1, 2)
         k = k.view(b, n, kvh, d).transpose(1, 2)
         v = v.view(b, n, kvh, d)
-        if self.q_norm is not None:
+        if self.q_norm is not None and not self.norm_projections:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         k_cache = update_cache(k_cache, k, input_pos[0], 2)
         v_cache = update_cache(v_cache, v.permute(0, 2, 3, 1), input_pos[0], 3)
 

@@ -13,32 +13,37 @@ from edgellm.spec.schema import Architecture
 _MASKED = -1e9
 
 
+def _optional(module: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    return x if module is None else module(x)
+
+
 class Block(nn.Module):
-    """Pre-norm attention and MLP, sequential or in parallel, with optional post-norms (sandwich)."""
+    """Attention and MLP, sequential or in parallel, each with an optional norm on its input (pre-norm)
+    and on its output (post-norm; both: a sandwich), added to the residual stream scaled or not."""
 
     def __init__(self, arch: Architecture, layer: int):
         super().__init__()
         self.sliding = arch.layer_type(layer) == "sliding_attention"
-        self.parallel = arch.parallel_residual
-        self.attn_norm = make_norm(arch)
+        self.rotates = arch.uses_rope(layer)
+        self.parallel, self.residual_scale = arch.parallel_residual, arch.residual_multiplier
+        self.attn_norm = make_norm(arch) if arch.pre_norm else None
         self.attn = Attention(arch)
         self.post_attn_norm = make_norm(arch) if arch.post_attention_norm else None
-        self.mlp_norm = None if arch.parallel_residual else make_norm(arch)
+        self.mlp_norm = make_norm(arch) if arch.pre_norm and not arch.parallel_residual else None
         self.mlp = MLP(arch)
         self.post_mlp_norm = make_norm(arch) if arch.post_mlp_norm else None
 
     def forward(self, x, rope, mask, k_cache, v_cache, input_pos):
-        h = self.attn_norm(x)
-        attn, k_cache, v_cache = self.attn(h, rope, mask, k_cache, v_cache, input_pos)
+        h = _optional(self.attn_norm, x)
+        attn, k_cache, v_cache = self.attn(h, rope if self.rotates else None, mask, k_cache, v_cache, input_pos)
         if self.parallel:
-            return x + attn + self.mlp(h), k_cache, v_cache
-        if self.post_attn_norm is not None:
-            attn = self.post_attn_norm(attn)
-        x = x + attn
-        out = self.mlp(self.mlp_norm(x))
-        if self.post_mlp_norm is not None:
-            out = self.post_mlp_norm(out)
-        return x + out, k_cache, v_cache
+            return x + self._scaled(attn + self.mlp(h)), k_cache, v_cache
+        x = x + self._scaled(_optional(self.post_attn_norm, attn))
+        out = _optional(self.post_mlp_norm, self.mlp(_optional(self.mlp_norm, x)))
+        return x + self._scaled(out), k_cache, v_cache
+
+    def _scaled(self, out: torch.Tensor) -> torch.Tensor:
+        return out if self.residual_scale == 1.0 else out * self.residual_scale
 
 
 class Decoder(nn.Module):
@@ -102,6 +107,8 @@ class Decoder(nn.Module):
         x = self.embed(tokens)
         if self.arch.embedding_scale:
             x = x * (self.arch.hidden_size**0.5)
+        if self.arch.embedding_multiplier != 1.0:
+            x = x * self.arch.embedding_multiplier
         new_cache = {}
         for i, block in enumerate(self.blocks):
             k, v = f"kv_cache_k_{i}", f"kv_cache_v_{i}"
@@ -110,4 +117,12 @@ class Decoder(nn.Module):
         hidden = self.norm(x)
         if not logits:
             return {"hidden": hidden, **new_cache}
-        return {"logits": softcap(self.lm_head(hidden), self.arch.final_logit_softcap), **new_cache}
+        return {"logits": output_logits(self.lm_head, self.arch, hidden), **new_cache}
+
+
+def output_logits(lm_head: nn.Linear, arch: Architecture, hidden: torch.Tensor) -> torch.Tensor:
+    """The output head on the final hidden states: divided, then softcapped, as the architecture says."""
+    logits = lm_head(hidden)
+    if arch.logit_divisor != 1.0:
+        logits = logits / arch.logit_divisor
+    return softcap(logits, arch.final_logit_softcap)

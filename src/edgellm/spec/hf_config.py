@@ -31,6 +31,10 @@ _HF_KEYS = {
     "num_decoder_layers": "num_decoder_layers",
     "scale_decoder_outputs": "scale_decoder_outputs",
     "activation": ("hidden_activation", "hidden_act", "dense_act_fn"),
+    "embedding_multiplier": "embedding_multiplier",
+    "residual_multiplier": "residual_multiplier",
+    "logit_divisor": "logits_scaling",
+    "attention_scale": "attention_multiplier",  # Granite: q.k scaled by this instead of head_dim ** -0.5
 }
 
 
@@ -84,6 +88,8 @@ def architecture_from_hf_config(config: dict) -> dict:
         arch.setdefault("num_kv_heads", arch["num_heads"])
     if config.get("query_pre_attn_scalar"):
         arch["attention_scale"] = config["query_pre_attn_scalar"] ** -0.5
+    if config.get("no_rope_layers") is not None:  # SmolLM3: 1 where the layer rotates, 0 for NoPE
+        arch["rope_layers"] = [bool(flag) for flag in config["no_rope_layers"]]
     if "is_gated_act" in config:  # T5's feed_forward_proj: gated-gelu or relu
         arch["mlp"] = "gated" if config["is_gated_act"] else "plain"
     return {**arch, **_rope_from_hf(config), **_attention_from_hf(config, arch.get("num_layers"))}

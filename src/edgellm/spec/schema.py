@@ -81,15 +81,19 @@ class Architecture(_Strict):
 
     # Embedding and output head
     embedding_scale: bool = False  # multiply embeddings by sqrt(hidden_size)
+    embedding_multiplier: float = 1.0  # multiply embeddings by this constant (Granite)
     tie_word_embeddings: bool = False  # the output head shares the embedding matrix
     lm_head_bias: bool = False
     final_logit_softcap: float | None = None  # logits = cap * tanh(logits / cap)
+    logit_divisor: float = Field(default=1.0, gt=0)  # logits = head(x) / divisor (Granite's logits_scaling)
 
     # Block structure and norms
     norm: Literal["rms", "layer"] = "rms"
     norm_eps: float = 1e-5
     norm_offset: float = 0.0  # RMSNorm scales by (offset + weight): 1 where checkpoints store weight - 1
+    pre_norm: bool = True  # a norm on each sublayer's input; False: none (OLMo 2 norms the outputs: post_*_norm)
     parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm(x)), one norm shared by both
+    residual_multiplier: float = 1.0  # x + m * sublayer(x) (Granite)
     post_attention_norm: bool = False  # a norm on the attention output before the residual add
     post_mlp_norm: bool = False  # likewise on the MLP output
     norm_placement: Literal["pre", "post"] = "pre"  # post: norm(x + sublayer(x)), BERT's order (encoders only)
@@ -102,7 +106,8 @@ class Architecture(_Strict):
     head_dim: int = Field(gt=0)
     attention_bias: bool = False  # biases on the q, k, v projections
     attention_out_bias: bool = False  # bias on the output projection
-    qk_norm: bool = False  # a norm over head_dim on each query and key head, before RoPE
+    qk_norm: bool = False  # a norm on the queries and keys, before RoPE
+    qk_norm_over: Literal["head", "projection"] = "head"  # head_dim of each head, or the whole q / k projection (OLMo 2)
     attention_scale: float | None = None  # multiplies q.k; default head_dim ** -0.5
     attn_logit_softcap: float | None = None  # scores = cap * tanh(scores / cap)
     sliding_window: int | None = Field(default=None, gt=0)  # tokens a sliding layer sees, itself included
@@ -113,6 +118,7 @@ class Architecture(_Strict):
     rope_scaling: RopeScaling | None = None
     rope_local_theta: float | None = None  # base of sliding layers when it differs (two RoPE bases)
     partial_rotary_factor: float = Field(default=1.0, gt=0, le=1)  # share of head_dim that is rotated
+    rope_layers: list[bool] | None = None  # per layer, whether attention rotates q and k (SmolLM3's NoPE layers); None: every layer
     max_position_embeddings: int = Field(gt=0)
 
     # MLP
@@ -145,6 +151,9 @@ class Architecture(_Strict):
     def layer_type(self, layer: int) -> LayerType:
         return "full_attention" if self.layer_types is None else self.layer_types[layer]
 
+    def uses_rope(self, layer: int) -> bool:
+        return self.rope_layers is None or self.rope_layers[layer]
+
 
 # Knob values each model kind's blocks accept, where kinds differ (layers/decoder.py is pre-norm
 # with RoPE; layers/encoder.py is BERT's post-norm and pools one embedding per text).
@@ -166,13 +175,18 @@ def architecture_problem(values: dict) -> str | None:
         return f"num_heads ({heads}) must be a multiple of num_kv_heads ({kv_heads})"
     if layer_types is not None and layers is not None and len(layer_types) != layers:
         return f"layer_types has {len(layer_types)} entries for {layers} layers"
+    rope_layers = values.get("rope_layers")
+    if rope_layers is not None and layers is not None and len(rope_layers) != layers:
+        return f"rope_layers has {len(rope_layers)} entries for {layers} layers"
+    if values.get("pre_norm") is False and values.get("parallel_residual"):
+        return "parallel_residual shares one pre-norm between attention and MLP; it needs pre_norm"
     if layer_types and "sliding_attention" in layer_types and "sliding_window" in values and values["sliding_window"] is None:
         return "layer_types has sliding_attention layers but sliding_window is not set"
     if values.get("parallel_residual") and (values.get("post_attention_norm") or values.get("post_mlp_norm")):
         return "parallel_residual cannot be combined with post_attention_norm or post_mlp_norm"
     for knob, allowed in KIND_KNOBS.get(values.get("kind"), {}).items():
         if knob in values and values[knob] not in allowed:
-            return f"a {values['kind']} model takes {knob} {' or '.join(map(str, allowed))} (got {values[knob]}); fix {knob} or kind"
+            return f"{knob} {values[knob]} is not for {values['kind']} models (they take {' or '.join(map(str, allowed))}); set {knob} or kind"
     return None
 
 
