@@ -61,6 +61,27 @@ def test_shipped_spec_verifies_and_converts(tiny):
 
 
 @pytest.mark.slow
+def test_greedy_through_the_tflite_equals_transformers_generate(tiny):
+    """32 new tokens after a short prompt, past every sliding window: the .tflite through edgellm's
+    runtime (prefill, then decode steps) against transformers' own generate."""
+    from transformers import AutoModelForCausalLM
+
+    from edgellm.runtime.decoder import LiteRTModel
+    from edgellm.runtime.generate import generate
+    from edgellm.runtime.sampler import Sampler
+
+    spec, folder, cache = tiny
+    pipeline = Pipeline(spec, checkpoint=folder, cache=cache)
+    bos = pipeline.result("fetch").report.prompt.start_id
+    prompt = [*([bos] if bos is not None else []), 17, 101, 230]
+    ours = list(generate(LiteRTModel(pipeline.result("convert").file), prompt, 32, Sampler(), stop_ids=[]))
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32, do_sample=False)[0, len(prompt):].tolist()
+    assert ours == theirs
+
+
+@pytest.mark.slow
 def test_spec_init_draft_builds_and_verifies_unedited(tiny, tmp_path):
     spec, folder, cache = tiny
     result = run_cli("spec", "init", "--from", str(folder), "-o", str(tmp_path / "draft.yaml"), cache=tmp_path / "cache")

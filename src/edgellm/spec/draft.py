@@ -25,6 +25,9 @@ FAMILY_SPECS = {
     "Gemma3ForCausalLM": "_hf-gemma3.yaml",
     "PhiForCausalLM": "_hf-phi.yaml",
     "Phi3ForCausalLM": "_hf-phi3.yaml",
+    "SmolLM3ForCausalLM": "_hf-smollm3.yaml",
+    "Olmo2ForCausalLM": "_hf-olmo2.yaml",
+    "GraniteForCausalLM": "_hf-granite.yaml",
     "BertModel": "_hf-bert.yaml",
     "T5ForConditionalGeneration": "_hf-t5.yaml",
 }
