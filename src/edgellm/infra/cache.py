@@ -45,7 +45,7 @@ def cache_root() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "edgellm"
 
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # edgellm/, every subpackage
 
 
 def package_digest(package: Path) -> str:

@@ -37,7 +37,7 @@ class Block(nn.Module):
         h = _optional(self.attn_norm, x)
         attn, k_cache, v_cache = self.attn(h, rope if self.rotates else None, mask, k_cache, v_cache, input_pos)
         if self.parallel:
-            return x + self._scaled(attn + self.mlp(h)), k_cache, v_cache
+            return x + self._scaled(attn) + self._scaled(self.mlp(h)), k_cache, v_cache
         x = x + self._scaled(_optional(self.post_attn_norm, attn))
         out = _optional(self.post_mlp_norm, self.mlp(_optional(self.mlp_norm, x)))
         return x + self._scaled(out), k_cache, v_cache
