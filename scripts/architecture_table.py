@@ -1,7 +1,7 @@
 """Print the README's architecture table: each shipped spec on a tiny random checkpoint made by
 its real transformers class, re-authored and converted, compared with transformers' logits.
 
-    .venv/bin/python scripts/architecture_table.py
+    .venv/bin/python scripts/architecture_table.py [SPEC...]   # every shipped spec, or the ones named
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main() -> None:
     print("| spec | transformers class | logit std | re-authored max \\|Δlogit\\| | .tflite max \\|Δlogit\\| | top-1 agreement (.tflite) |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in sorted(TINY):
+        for name in sys.argv[1:] or sorted(TINY):
             spec = load_spec(name)
             folder = make_tiny_checkpoint(name, Path(tmp) / name, spec.tokenizer.file)
             pipeline = Pipeline(spec, checkpoint=folder, cache=ArtifactCache(Path(tmp) / "cache"))
