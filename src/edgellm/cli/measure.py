@@ -99,10 +99,10 @@ def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, comp
     For an embedding model: milliseconds per call of each embed_N signature."""
     from edgellm.kinds import model_kind
 
-    kind = model_kind(model, "bench")
+    command = "bench" if compare is None else "bench --compare"  # a comparison times decoders only
+    kind = model_kind(model, command)
     if compare is not None:
-        model_kind(compare, "bench --compare")
-        kind = model_kind(model, "bench --compare")
+        model_kind(compare, command)
     show(kind.benchmark(model, tokenizer, threads, prompt_tokens, decode_tokens, repeats, compare), as_json)  # no spinner: it would take CPU from what is timed
 
 

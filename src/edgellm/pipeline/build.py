@@ -98,8 +98,9 @@ def fetch(spec: ModelSpec, folder: Path) -> FetchReport:
     try:
         arch = resolve_architecture(spec, folder)
         checkpoint = Checkpoint.open(folder)
-        arch, head = resolve_output_head(spec, arch, checkpoint, kind_named(arch.kind).build)  # may untie it
-        plan_weights(spec, arch, checkpoint, kind_named(arch.kind).build)
+        kind = kind_named(arch.kind)
+        arch, head = resolve_output_head(spec, arch, checkpoint, kind.build)  # may untie it
+        plan_weights(spec, arch, checkpoint, kind.build)
         tokenizer_file = inside(folder, spec.tokenizer.file, "tokenizer.file")
         if not tokenizer_file.is_file():
             raise EdgeLLMError(f"checkpoint {folder.name}: tokenizer file {spec.tokenizer.file} is missing; fix tokenizer.file in the spec")
@@ -115,7 +116,7 @@ def fetch(spec: ModelSpec, folder: Path) -> FetchReport:
             if token_id is not None and not 0 <= token_id < arch.vocab_size:
                 raise EdgeLLMError(f"checkpoint {folder.name}: the {what} token id {token_id} is outside the model's {arch.vocab_size} tokens; {fix}")
         check_memory(arch, spec.export, weight_elements(checkpoint))
-        kind_named(arch.kind).check_export(spec, arch)
+        kind.check_export(spec, arch)
         return FetchReport(
             checkpoint_dir=str(folder),
             weight_elements=weight_elements(checkpoint),

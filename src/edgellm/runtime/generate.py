@@ -78,10 +78,15 @@ class Session:
 
 def generate(model: LiteRTModel, prompt_ids: list[int], max_new_tokens: int, sampler: Sampler, stop_ids: list[int]) -> Iterator[int]:
     """One-shot generation from a fresh cache."""
+    yield from prompted_session(model, prompt_ids).generate(max_new_tokens, sampler, stop_ids)
+
+
+def prompted_session(model: LiteRTModel, prompt_ids: list[int]) -> Session:
+    """A fresh session holding `prompt_ids` (an empty prompt leaves nothing to continue from)."""
     session = Session(model)
     if prompt_ids:
         session.feed(prompt_ids)
-    yield from session.generate(max_new_tokens, sampler, stop_ids)
+    return session
 
 
 def valid_text(value: str, what: str) -> str:
@@ -126,10 +131,7 @@ class Generator:
 
     def complete(self, prompt_ids: list[int], max_tokens: int, tokens: list[int]) -> Iterator[str]:
         """The continuation of the prompt from a fresh KV cache as it becomes final; each id also goes to `tokens`."""
-        session = Session(self.litert)
-        if prompt_ids:
-            session.feed(prompt_ids)
-        yield from self.stream(session, max_tokens, tokens)
+        yield from self.stream(prompted_session(self.litert, prompt_ids), max_tokens, tokens)
 
     def stream(self, session: Session, max_tokens: int, tokens: list[int] | None = None) -> Iterator[str]:
         """Text generated after the session's history, as it becomes final; each id also goes to `tokens`."""
