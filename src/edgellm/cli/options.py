@@ -40,6 +40,7 @@ def spec_options(func):
         click.option("--token", envvar="HF_TOKEN", help="Hugging Face token for gated or private repos (default: $HF_TOKEN)."),
         click.option("--offline", is_flag=True, default=None, help="Use only the local Hugging Face cache (also: HF_HUB_OFFLINE=1)."),
         json_option("Print a machine-readable JSON report on stdout."),
+        cache_option,
     ])
 
 
@@ -85,3 +86,16 @@ calibration_option = click.option(
 def chat_template_option(default: str = "the model's"):
     return click.option("--chat-template", "template_file", type=click.Path(dir_okay=False, path_type=Path),
                         help=f"Jinja chat template file (default: {default}).")
+
+
+cache_option = click.option("--cache", "cache_url", envvar="EDGELLM_CACHE_URL", metavar="URL",
+                            help="A shared cache tier: s3://bucket/prefix, gs://bucket/prefix, file:///path or a folder "
+                                 "(also $EDGELLM_CACHE_URL). A local miss looks there before building; a build is published there.")
+
+
+def artifact_cache(cache_url: str | None):
+    """The local cache, with the remote tier `cache_url` names behind it."""
+    from edgellm.infra.cache import ArtifactCache
+    from edgellm.infra.remote import RemoteCache
+
+    return ArtifactCache(remote=RemoteCache(cache_url) if cache_url else None)

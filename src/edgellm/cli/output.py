@@ -43,7 +43,7 @@ class Progress:
             self._status.stop()
             self._status = None
         if not self.quiet and self.only in (None, result.stage):
-            how = "[dim]cached[/]" if result.cached else "[green]ran[/]   "
+            how = {"ran": "[green]ran[/]    ", "cached": "[dim]cached[/] ", "fetched": "[cyan]fetched[/]"}[result.how]
             console().print(f"  {result.stage:<16} {how} {result.seconds:7.2f}s {result.peak_rss_bytes / 2**30:6.2f} GiB  {result.report.summary()}")
 
 

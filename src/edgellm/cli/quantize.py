@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgellm.cli.build import pipeline
-from edgellm.cli.options import calibration_option, json_option, model_argument, tokenizer_option
+from edgellm.cli.options import cache_option, calibration_option, json_option, model_argument, tokenizer_option
 from edgellm.cli.output import Progress, emit_json, print_table
 
 
@@ -27,7 +27,8 @@ from edgellm.cli.output import Progress, emit_json, print_table
 @json_option()
 @calibration_option
 @tokenizer_option("For calibration (default: the one named by edgellm.json beside MODEL).")
-def quantize(model, recipe, search, max_ppl_ratio, output, as_json, calibration, tokenizer) -> None:
+@cache_option
+def quantize(model, recipe, search, max_ppl_ratio, output, as_json, calibration, tokenizer, cache_url) -> None:
     """Quantize a .tflite with a recipe; every signature and I/O name is kept. Recipes with gptq
     rules first run the model on calibration text (a cached stage)."""
     from edgellm.pipeline.flows import publish_quantized, quantize_searched
@@ -36,7 +37,7 @@ def quantize(model, recipe, search, max_ppl_ratio, output, as_json, calibration,
     if (recipe is None) == (not search):
         raise click.UsageError("give either --recipe NAME or --search")
     build = pipeline(Progress(model.name, as_json, "quantize"), model=model, recipe=load_recipe(recipe) if recipe else None,
-                     calibration=calibration, tokenizer=tokenizer, max_ppl_ratio=max_ppl_ratio if search else None)
+                     calibration=calibration, tokenizer=tokenizer, max_ppl_ratio=max_ppl_ratio if search else None, cache_url=cache_url)
     searched = None
     if search:
         searched, result = quantize_searched(build)

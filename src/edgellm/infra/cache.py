@@ -5,27 +5,36 @@ The key hashes everything the output depends on: the stage's inputs, edgellm's o
 libraries that shape the artifact.
 An artifact is built in a staging folder and renamed into place only when complete, so an
 interrupted or failed stage never leaves a half artifact behind; a staging folder whose process
-was killed (so could not clean up) is swept by the next run.
+was killed (so could not clean up) is swept by the next run. Processes sharing a cache folder take
+a file lock per artifact, so one builds it and the others wait and use it.
+
+With a remote tier (infra/remote.py) a miss here looks there before building, and a build is
+published there.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import hashlib
 import importlib.metadata
 import json
 import os
 import shutil
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from edgellm import __version__
 from edgellm.errors import EdgeLLMError
+from edgellm.infra.files import write_json
+from edgellm.infra.remote import MANIFEST_FILE, CorruptArtifact, RemoteCache, folder_manifest
 
 STAGING_PREFIX = ".staging-"
+LOCK_PREFIX = ".lock-"
 # Where writing fails for want of room or permission: the user's to fix, not a bug.
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
@@ -80,14 +89,9 @@ def artifact_key(stage: str, inputs: dict, libraries: tuple[str, ...] = ()) -> s
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def file_digest(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()  # one reused buffer, not a new block per read
-
-
 class ArtifactCache:
-    def __init__(self, root: Path | None = None):
-        self.root = root or cache_root()
+    def __init__(self, root: Path | None = None, remote: RemoteCache | None = None):
+        self.root, self.remote = root or cache_root(), remote
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -95,6 +99,81 @@ class ArtifactCache:
     def lookup(self, stage: str, key: str) -> Path | None:
         path = self.path(stage, key)
         return path if path.is_dir() else None
+
+    def obtain(self, stage: str, key: str, build: Callable[[Path], None], shared: bool = True) -> str:
+        """Make sure artifact (stage, key) is here: "cached" (it was), "fetched" (from the remote
+        tier) or "ran" (`build` filled an empty folder; published when `shared`)."""
+        if self.lookup(stage, key):
+            return "cached"
+        with self._locked(stage, key):
+            if self.lookup(stage, key):  # another process built it while this one waited
+                return "cached"
+            remote = self.remote if shared else None
+            while remote is not None:
+                if self._fetch(remote, stage, key):
+                    return "fetched"
+                with remote.building(stage, key) as mine:
+                    if mine:
+                        with self.writing(stage, key) as folder:
+                            build(folder)
+                            self._seal(folder)
+                            if (theirs := remote.publish(stage, key, folder)) is not None and theirs["files"] != folder_manifest(folder):
+                                _adopt(remote, theirs, folder)
+                                self._seal(folder)
+                        return "ran"
+            with self.writing(stage, key) as folder:
+                build(folder)
+                self._seal(folder)
+            return "ran"
+
+    def _fetch(self, remote: RemoteCache, stage: str, key: str) -> bool:
+        manifest = remote.manifest(stage, key)
+        if manifest is None:
+            return False
+        try:
+            with self.writing(stage, key) as folder:
+                remote.download(manifest, folder)
+                self._seal(folder)
+            return True
+        except CorruptArtifact as exc:
+            print(f"warning: {stage} {key[:12]} in {remote.url}: {exc}; dropping it and rebuilding", file=sys.stderr)
+            remote.drop(stage, key, manifest)
+            return False
+
+    @staticmethod
+    def _seal(folder: Path) -> None:
+        write_json(folder / MANIFEST_FILE, {"files": folder_manifest(folder)})
+
+    @contextmanager
+    def _locked(self, stage: str, key: str) -> Iterator[None]:
+        """An exclusive lock on one artifact among the processes sharing this folder (released by
+        the kernel if the process dies). The holder removes the lock file, so a waiter that wakes
+        on a removed file locks afresh: no lock file outlives its build."""
+        path = self.root / f"{LOCK_PREFIX}{stage}-{key}"
+        while True:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                handle = path.open("a")
+            except OSError as exc:
+                raise self._unwritable(exc) from None
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            handle.close()
+
+    def _unwritable(self, exc: OSError) -> Exception:
+        """A write that failed for want of room or permission is the user's to fix; anything else is a bug."""
+        if exc.errno not in _WRITE_ERRORS:
+            return exc
+        return EdgeLLMError(f"cannot write to the cache {self.root} ({exc.strerror}); free some space there or set EDGELLM_CACHE_DIR to another folder")
 
     @contextmanager
     def writing(self, stage: str, key: str) -> Iterator[Path]:
@@ -112,11 +191,16 @@ class ArtifactCache:
                 if not final.is_dir():  # a concurrent run committed the same key first: keep theirs
                     raise
         except OSError as exc:
-            if exc.errno not in _WRITE_ERRORS:
-                raise
-            raise EdgeLLMError(f"cannot write to the cache {self.root} ({exc.strerror}); free some space there or set EDGELLM_CACHE_DIR to another folder") from None
+            raise self._unwritable(exc) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def artifacts(self) -> Iterator[Path]:
+        """Every committed artifact folder, <root>/<stage>/<key> (sealed with its manifest; the
+        runtime's weight caches beside them are not artifacts)."""
+        for stage in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            if stage.is_dir() and not stage.name.startswith("."):
+                yield from sorted(p for p in stage.iterdir() if (p / MANIFEST_FILE).is_file())
 
     def sweep(self) -> None:
         """Remove staging folders whose process is gone (killed before it could clean up)."""
@@ -132,3 +216,10 @@ class ArtifactCache:
         freed = sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
         shutil.rmtree(self.root)
         return freed
+
+
+def _adopt(remote: RemoteCache, theirs: dict, folder: Path) -> None:
+    """Another runner published this artifact first, with other bytes: use theirs, as every other runner will."""
+    for path in sorted(folder.iterdir()):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    remote.download(theirs, folder)

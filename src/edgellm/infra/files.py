@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,11 @@ def read_json(path: Path, what: str = "file") -> dict:
     if not isinstance(data, dict):
         raise EdgeLLMError(f"{path}: expected a JSON object, found {type(data).__name__}; re-download or rewrite the {what}")
     return data
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()  # one reused buffer, not a new block per read
 
 
 def inside(folder: Path, name: str, what: str) -> Path:

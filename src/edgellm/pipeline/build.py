@@ -11,8 +11,7 @@ from pathlib import Path
 from pydantic import Field
 
 from edgellm.errors import EdgeLLMError
-from edgellm.infra.cache import file_digest
-from edgellm.infra.files import inside
+from edgellm.infra.files import file_digest, inside
 from edgellm.infra.isolated import run_isolated
 from edgellm.infra.reports import StageReport
 from edgellm.kinds import kind_named
@@ -68,12 +67,21 @@ def weight_elements(checkpoint) -> int:
     return total
 
 
+def _memory_parts(arch: Architecture, export: ExportSection) -> tuple[int, int]:
+    kv_cache = 2 * arch.num_layers * export.kv_cache_length * arch.num_kv_heads * arch.head_dim * 4
+    return kv_cache, max(export.prefill_lengths) * arch.vocab_size * 4
+
+
+def memory_needed(arch: Architecture, export: ExportSection, weights: int) -> int:
+    """Bytes of the float weights, the KV cache and the largest prefill's logits."""
+    return 4 * weights + sum(_memory_parts(arch, export))
+
+
 def check_memory(arch: Architecture, export: ExportSection, weights: int) -> None:
     """Refuse, with the estimate, a model whose float weights, KV cache and largest prefill's logits
     would not fit in this machine's memory (a KV cache of 10^9 positions, say)."""
-    kv_cache = 2 * arch.num_layers * export.kv_cache_length * arch.num_kv_heads * arch.head_dim * 4
-    logits = max(export.prefill_lengths) * arch.vocab_size * 4
-    need = 4 * weights + kv_cache + logits
+    kv_cache, logits = _memory_parts(arch, export)
+    need = memory_needed(arch, export, weights)
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > memory:
         raise EdgeLLMError(

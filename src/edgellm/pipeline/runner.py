@@ -28,10 +28,14 @@ class StageResult:
     stage: str
     key: str
     path: Path  # the artifact folder; for a stage that is not cached, the folder it read or wrote
-    cached: bool
+    how: str  # "ran", "cached" (in the local cache) or "fetched" (from the remote tier)
     seconds: float  # this run's time: a cached stage reports its lookup, not the original run
     report: StageReport
     peak_rss_bytes: int = 0  # the stage's peak memory (its worker's, when it ran in one)
+
+    @property
+    def cached(self) -> bool:
+        return self.how != "ran"
 
     @property
     def file(self) -> Path:
@@ -39,7 +43,7 @@ class StageResult:
         return self.path / self.report.file
 
     def as_json(self) -> dict:
-        return {**self.report.as_json(), "stage": self.stage, "key": self.key, "path": str(self.path), "cached": self.cached,
+        return {**self.report.as_json(), "stage": self.stage, "key": self.key, "path": str(self.path), "cached": self.cached, "how": self.how,
                 "seconds": round(self.seconds, 3), "peak_rss_bytes": self.peak_rss_bytes}
 
 
@@ -51,6 +55,7 @@ class Stage:
     report: type[StageReport]  # what produce returns, read back from report.json when cached
     libraries: tuple[str, ...] = ()  # distributions whose versions shape the artifact
     cached: bool = True  # False: produce writes outside the cache; its report's `path` says where
+    shared: bool = True  # False: the key names something of this machine's (a folder), so the remote tier never sees it
     worker_imports: tuple[str, ...] = ()  # produce runs in a worker (infra/isolated.py), started ahead importing these
 
 
@@ -74,18 +79,18 @@ class Runner:
             started, memory = time.perf_counter(), PeakMemory()
             key = self.key(name)
             if stage.cached:
-                cached = self.cache.lookup(name, key) is not None
-                if not cached:
-                    with self.cache.writing(name, key) as folder:
-                        write_json(folder / REPORT_FILE, stage.produce(self, folder).as_json())
+                def build(folder: Path) -> None:
+                    write_json(folder / REPORT_FILE, stage.produce(self, folder).as_json())
+
+                how = self.cache.obtain(name, key, build, stage.shared)
                 path = self.cache.path(name, key)
                 report = stage.report.model_validate(read_json(path / REPORT_FILE, "stage report"))
             else:
-                cached, report = False, stage.produce(self, Path())
+                how, report = "ran", stage.produce(self, Path())
                 path = Path(report.path)
             worker_peak = getattr(report, "worker_peak_rss_bytes", None) or 0
-            peak = max(memory.peak(), 0 if cached else worker_peak)
-            self._results[name] = StageResult(name, key, path, cached, time.perf_counter() - started, report, peak)
+            peak = max(memory.peak(), worker_peak if how == "ran" else 0)
+            self._results[name] = StageResult(name, key, path, how, time.perf_counter() - started, report, peak)
             if stage.worker_imports:
                 discard_spare()  # started for this stage: not kept beside the next ones when it was cached
             self.on_finish(self._results[name])

@@ -22,7 +22,8 @@ from edgellm import __version__
 from edgellm.bundle.formats import FORMATS
 from edgellm.bundle.inputs import BundleReport
 from edgellm.errors import EdgeLLMError
-from edgellm.infra.cache import ArtifactCache, file_digest
+from edgellm.infra.cache import ArtifactCache
+from edgellm.infra.files import file_digest
 from edgellm.infra.heap import map_large_allocations
 from edgellm.kinds import kind_named
 from edgellm.kinds.kind import ModelKind
@@ -181,7 +182,9 @@ def _export(p: Pipeline, _: Path) -> package.ExportReport:
 
 
 STAGES: dict[str, Stage] = {
-    "fetch": Stage(lambda p: [], _fetch_inputs, lambda p, _: build.fetch(p.spec, p.checkpoint_folder()), build.FetchReport, ("transformers",)),
+    # fetch's key names the local checkpoint folder (its report, too): it never leaves this machine.
+    "fetch": Stage(lambda p: [], _fetch_inputs, lambda p, _: build.fetch(p.spec, p.checkpoint_folder()), build.FetchReport, ("transformers",),
+                   shared=False),
     "verify": Stage(lambda p: ["fetch"],
                     lambda p: {**p.model_identity(), "verify": p.spec.verify.model_dump(), "bos_id": p.fetched.prompt.bos_id, **p.kind.verify_key(p.spec)},
                     lambda p, out: build.verify(p.spec, p.fetched, out), VerifyReport, ("torch", "transformers")),

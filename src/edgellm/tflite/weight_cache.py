@@ -31,7 +31,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgellm.infra.cache import cache_root, file_digest
+from edgellm.infra.cache import cache_root
+from edgellm.infra.files import file_digest
 
 FOLDER = "xnnpack"  # <cache root>/xnnpack/<key>.xnnpack
 IN_MEMORY = ":memory"  # XNNPack's own name for a cache in anonymous memory
