@@ -1,9 +1,10 @@
-"""How this process's heap hands memory back: large blocks get their own mappings."""
+"""Memory: how this process's heap hands it back (large blocks get their own mappings), and what Linux reports of it."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
+from pathlib import Path
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 _LARGE = 1 << 20
@@ -21,3 +22,14 @@ def map_large_allocations() -> None:
         ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _LARGE)
     except (OSError, AttributeError):
         pass
+
+
+def proc_bytes(file: str, field: str) -> int | None:
+    """A "<field>: N kB" line of a /proc file (/proc/meminfo, /proc/self/status) in bytes; None where there is none."""
+    try:
+        for line in Path(file).read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from edgellm.infra.heap import proc_bytes
 from edgellm.pipeline.matrix import Cell
 
 
@@ -37,13 +38,8 @@ def run_cell_process(command: list[str], cell_id: str, env: dict[str, str] | Non
 
 def available_memory() -> int:
     """Bytes this machine can still give (MemAvailable), or all of it where that is unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    available = proc_bytes("/proc/meminfo", "MemAvailable")
+    return available if available is not None else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def run_here(commands: dict[str, list[str]], estimates: dict[str, int], jobs: int, on_done: Callable[[dict], None]) -> list[dict]:

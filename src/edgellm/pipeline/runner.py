@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edgellm.infra.cache import ArtifactCache, artifact_key
 from edgellm.infra.files import read_json, write_json
+from edgellm.infra.heap import proc_bytes
 from edgellm.infra.isolated import discard_spare, start_ahead
 from edgellm.infra.reports import StageReport
 
@@ -127,12 +128,8 @@ class PeakMemory:
             pass
 
     def peak(self) -> int:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            pass
+        if (high_water := proc_bytes("/proc/self/status", "VmHWM")) is not None:
+            return high_water
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
