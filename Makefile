@@ -17,7 +17,7 @@ install: install-mediapipe real-models
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 
 install-mediapipe: $(MEDIAPIPE_VENV)/.ready
 
