@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from conftest import SPECS, asset, cache_files, litert_lm_greedy, run_cli
+from conftest import REPO, SPECS, asset, cache_files, litert_lm_greedy, run_cli
 
 from edgellm.errors import EdgeLLMError
 from edgellm.quantize.recipes import load_recipe, recipe_names
@@ -92,16 +92,40 @@ def test_repeated_quantize_is_served_from_the_cache(stories_build, quantized, tm
     assert first["cached"] is False and report["cached"] is True and report["seconds"] < first["seconds"]
 
 
-def test_eval_measures_float_against_quantized(stories_build, quantized):
+def test_eval_measures_float_against_quantized_and_plots_it(stories_build, quantized, tmp_path):
     corpus = asset("checkpoints/stories260K-llama2c/expected_greedy_200steps.txt")
     out, _ = quantized
     result = run_cli("eval", str(stories_build.output / "model.tflite"), str(out / "int8-dynamic.tflite"), str(out / "int4-block32.tflite"),
-                     "--corpus", str(corpus), "--json", cache=stories_build.cache)
+                     "--corpus", str(corpus), "--plot", str(tmp_path / "eval.png"), "--json", cache=stories_build.cache)
     assert result.code == 0, result.stderr
-    base, int8, int4 = json.loads(result.stdout)["models"]
+    report = json.loads(result.stdout)
+    base, int8, int4 = report["models"]
     assert base["perplexity"] < 3  # the model's own greedy story is very likely to it
     assert int8["top1_agreement"] >= 0.95 and int8["mean_kl"] < 0.01
     assert int4["mean_kl"] > int8["mean_kl"] and int4["perplexity"] > int8["perplexity"]
+    assert 0 < len(int4["kl_by_position"]) <= report["window"] - 1 and sum(int4["kl_by_position"]) > sum(int8["kl_by_position"])
+    from PIL import Image
+
+    with Image.open(report["plot"]) as image:
+        assert image.format == "PNG" and image.width >= 1000 and image.height >= 500
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert len(colours) > 50  # axes, text, and a point and a line per quantized model: not a blank canvas
+    assert sum(count for count, _ in colours) > max(count for count, _ in colours) * 1.01
+
+
+def test_eval_and_bench_print_tables(stories_build):
+    model = str(stories_build.output / "model.tflite")
+    evaluated = run_cli("eval", model, "--corpus", str(REPO / "README.md"), "--max-tokens", "300", cache=stories_build.cache)
+    assert evaluated.code == 0 and "perplexity" in evaluated.stdout and "model.tflite" in evaluated.stdout, evaluated.stderr
+    bench = run_cli("bench", model, "--repeats", "1", "--decode-tokens", "4", cache=stories_build.cache)
+    assert bench.code == 0 and "time to first token" in bench.stdout and "decode, raw invoke" in bench.stdout, bench.stderr
+
+
+def test_eval_plot_refuses_a_path_it_cannot_write_before_measuring(stories_build, tmp_path):
+    model = str(stories_build.output / "model.tflite")
+    for path, needle in ((tmp_path / "eval.txt", "unknown image format .txt"), (tmp_path / "missing" / "eval.png", "does not exist")):
+        result = run_cli("eval", model, "--corpus", str(REPO / "README.md"), "--plot", str(path), cache=stories_build.cache)
+        assert result.code == 2 and needle in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
 def test_build_with_a_recipe_writes_the_quantized_model(stories_build, tmp_path):

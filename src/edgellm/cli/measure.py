@@ -23,7 +23,7 @@ def register_printers() -> None:
 
     from edgellm.measure.reports import BenchComparison, DecodeBench, EmbedBench, EmbeddingAgreement, PerplexityReport
 
-    @print_report.register
+    @print_report.register(DecodeBench)  # explicit: the annotations are strings here (from __future__), unresolvable by singledispatch
     def _(report: DecodeBench) -> None:
         table = Table("measurement", "value", title=f"{report.model} ({report.threads or 'default'} threads)")
         table.add_row("time to first token", f"{report.time_to_first_token_ms:.1f} ms ({report.prompt_tokens}-token prompt)")
@@ -35,7 +35,7 @@ def register_printers() -> None:
         table.add_row("peak RSS", f"{report.peak_rss_mb:.0f} MB")
         print_table(table)
 
-    @print_report.register
+    @print_report.register(BenchComparison)
     def _(report: BenchComparison) -> None:
         first, second = report.models
         table = Table("tokens/s", first, second, "ratio", title=f"median of {report.rounds} alternating rounds ({report.threads or 'default'} threads)")
@@ -44,18 +44,18 @@ def register_printers() -> None:
             table.add_row(name, *cells, f"{report.ratio[name]:.2f}x" if name in report.ratio else "-")
         print_table(table)
 
-    @print_report.register
+    @print_report.register(EmbedBench)
     def _(report: EmbedBench) -> None:
         for name, row in report.signatures.items():
             click.echo(f"{name:<12} {row['ms']:9.2f} ms  {row['tokens_per_second']:10.1f} tokens/s")
 
-    @print_report.register
+    @print_report.register(EmbeddingAgreement)
     def _(report: EmbeddingAgreement) -> None:
         for row in report.models:
             cosine = f"cosine to first: mean {row['mean_cosine']:.6f}, lowest {row['min_cosine']:.6f}" if "mean_cosine" in row else "(reference)"
             click.echo(f"{Path(row['model']).name:<40} {row['size_bytes'] / 1e6:8.2f} MB  {cosine}")
 
-    @print_report.register
+    @print_report.register(PerplexityReport)
     def _(report: PerplexityReport) -> None:
         against = "transformers" if report.reference else "first"
         table = Table("model", "size", "perplexity", f"ratio vs {against}", "top-1", "mean KL", f"greedy differs at (of {report.greedy_tokens})",
@@ -107,7 +107,8 @@ def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, comp
 
 
 @click.command("eval", epilog="\b\nExamples:\n  edgellm eval build/stories260k/model.tflite build/stories260k/model-int8-dynamic.tflite --corpus story.txt\n"
-               "  edgellm eval model.tflite model-int4.tflite --corpus wiki.txt --transformers ./checkpoint --json")
+               "  edgellm eval model.tflite model-int4.tflite --corpus wiki.txt --transformers ./checkpoint --json\n"
+               "  edgellm eval model.tflite model-int8-dynamic.tflite model-int4.tflite --corpus wiki.txt --plot eval.png")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--corpus", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path), help="A UTF-8 text file.")
 @tokenizer_option("Default: the one named by edgellm.json beside the first model.")
@@ -115,8 +116,10 @@ def bench(model, threads, prompt_tokens, decode_tokens, repeats, tokenizer, comp
 @click.option("--window", type=click.IntRange(min=2), help="Tokens per window (default: min(256, KV cache)).")
 @click.option("--transformers", "checkpoint", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Compare every model against transformers run on this checkpoint folder, instead of against the first model.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also draw perplexity ratio against size per model, and KL by position in the window (.png, .svg or .pdf).")
 @json_option()
-def evaluate_models(models, corpus, tokenizer, max_tokens, window, checkpoint, as_json) -> None:
+def evaluate_models(models, corpus, tokenizer, max_tokens, window, checkpoint, plot, as_json) -> None:
     """Perplexity of each model over a corpus; against the first (float) model, or transformers:
     perplexity ratio, top-1 agreement, mean KL, and the first token where greedy generation differs.
 
@@ -124,12 +127,26 @@ def evaluate_models(models, corpus, tokenizer, max_tokens, window, checkpoint, a
     from edgellm.kinds import model_kind
 
     kind = model_kind(models[0], "eval")
+    if plot is not None:
+        from edgellm.measure.plots import check_plot_path
+
+        check_plot_path(plot)
     if as_json:
         report = kind.evaluate(list(models), corpus, tokenizer, max_tokens, window, checkpoint)
     else:
         with console().status("[bold]eval[/]…", spinner="dots"):
             report = kind.evaluate(list(models), corpus, tokenizer, max_tokens, window, checkpoint)
+    if plot is not None:
+        from edgellm.errors import EdgeLLMError
+        from edgellm.measure.plots import plot_evaluation
+        from edgellm.measure.reports import PerplexityReport
+
+        if not isinstance(report, PerplexityReport):
+            raise EdgeLLMError("--plot draws a language model's perplexity; an embedding model's eval has no such figure: drop --plot")
+        report.plot = str(plot_evaluation(report, plot))
     show(report, as_json)
+    if plot is not None and not as_json:
+        click.echo(plot)
 
 
 @click.command(epilog="\b\nExamples:\n  edgellm inspect build/stories260k/model.tflite\n  edgellm inspect stories.task --json")

@@ -19,10 +19,12 @@ def emit_json(data) -> None:
 
 
 def print_table(table) -> None:
-    """A rich table on stdout."""
+    """A rich table on stdout; into a pipe or a file as wide as it needs (rich would cut it to 80 columns)."""
+    import sys
+
     from rich.console import Console
 
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 class Progress:

@@ -81,9 +81,12 @@ def evaluate(models: list[Path], tokenizer: Tokenizer, corpus: Path, bos_id: int
     reference = TransformersReference(transformers) if transformers is not None else None
     compared = runners if reference is not None else runners[1:]
     nll, agree, kl = ([[] for _ in runners] for _ in range(3))
+    kl_at = np.zeros((len(runners), window))  # summed over windows, by position: does error grow with context?
+    windows_at = np.zeros(window)
     reference_nll = []
     for piece in corpus_windows(tokens, window, bos_id):
         targets = np.arange(len(piece) - 1), np.array(piece[1:])
+        windows_at[: len(piece) - 1] += 1
         expected = log_softmax(reference.logits(piece)[:-1].astype(np.float64)) if reference is not None else None
         if expected is not None:
             reference_nll.extend(-expected[targets])
@@ -95,7 +98,9 @@ def evaluate(models: list[Path], tokenizer: Tokenizer, corpus: Path, bos_id: int
                 expected = logp
                 continue
             agree[i].extend(logp.argmax(-1) == expected.argmax(-1))
-            kl[i].extend((np.exp(expected) * (expected - logp)).sum(-1))
+            divergence = (np.exp(expected) * (expected - logp)).sum(-1)
+            kl[i].extend(divergence)
+            kl_at[i, : len(divergence)] += divergence
     prompt = ([bos_id] if bos_id is not None else []) + tokens[:GREEDY_PROMPT]
     greedy = [list(generate(r, prompt, GREEDY_TOKENS, Sampler(), stop_ids=[])) for r in runners]
     reference_greedy = reference.greedy(prompt, GREEDY_TOKENS) if reference is not None else greedy[0]
@@ -106,7 +111,8 @@ def evaluate(models: list[Path], tokenizer: Tokenizer, corpus: Path, bos_id: int
         row = {"model": str(path), "size_bytes": path.stat().st_size, "perplexity": perplexity}
         if runners[i] in compared:
             row |= {"perplexity_ratio": perplexity / base_perplexity, "top1_agreement": float(np.mean(agree[i])), "mean_kl": float(np.mean(kl[i])),
-                    "greedy_divergence": _first_divergence(greedy[i], reference_greedy)}
+                    "greedy_divergence": _first_divergence(greedy[i], reference_greedy),
+                    "kl_by_position": [float(v) for v in kl_at[i][windows_at > 0] / windows_at[windows_at > 0]]}
         results.append(row)
     report = PerplexityReport(corpus=str(corpus), tokens=len(nll[0]), window=window, greedy_tokens=GREEDY_TOKENS, models=results)
     if reference is not None:
