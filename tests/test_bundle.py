@@ -44,6 +44,19 @@ def test_inspect_shows_bundle_metadata_and_tflite_signatures(stories_build, bund
     assert tflite["signatures"]["decode"]["inputs"]["tokens"] == {"shape": [1, 1], "dtype": "int32"}
     assert tflite["weight_bytes_by_dtype"]["float32"] > 1_000_000
     assert sum(1 for group in tflite["weight_bytes_by_group"] if group.startswith("block")) == 5
+    assert [s["type"] for s in litertlm["sections"]] == ["LlmMetadataProto", "ExecutorMetadataProto", "SP_Tokenizer", "TFLiteModel"]
+    assert litertlm["sections"][3]["bytes"] == (stories_build.output / "model.tflite").stat().st_size
+
+
+def test_inspect_prints_tables(stories_build, bundles):
+    tflite = run_cli("inspect", str(stories_build.output / "model.tflite"), cache=stories_build.cache).stdout
+    # Numbered caches of one shape on one line; each block's weights by dtype.
+    assert "kv_cache_k_0…4 float32[1, 4, 256, 8]" in tflite and "input_pos int32[32]" in tflite
+    assert "weights by layer group and dtype" in tflite and "block 004" in tflite and "total" in tflite
+    litertlm = run_cli("inspect", str(bundles / "stories.litertlm"), cache=stories_build.cache).stdout
+    assert "TFLiteModel" in litertlm and "SP_Tokenizer" in litertlm and "MB" in litertlm
+    task = run_cli("inspect", str(bundles / "stories.task"), cache=stories_build.cache).stdout
+    assert "TF_LITE_PREFILL_DECODE" in task and "</s>, <s>" in task
 
 
 def test_task_entries_are_stored_and_aligned(bundles):

@@ -160,7 +160,74 @@ def inspect(path, as_json) -> None:
     if as_json:
         emit_json(report)
         return
-    from rich.console import Console
-    from rich.pretty import Pretty
+    click.echo(f"{path.name}: {report['format']}, {_mb(report['size_bytes'])}")
+    for table in _INSPECT_TABLES[report["format"]](report):
+        print_table(table)
 
-    Console().print(Pretty(report, expand_all=True))
+
+def _mb(size: int) -> str:
+    """Bytes in the unit that keeps 3 significant figures readable (12.3 KB, 1.37 MB, 2.10 GB)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}" if size < 100 * scale else f"{size / scale:.0f} {unit}"
+    return f"{size} B"
+
+
+def _io_summary(tensors: dict[str, dict]) -> str:
+    """Tensors as "name dtype[shape]" lines; numbered names of one dtype and shape on one line (kv_cache_k_0…27)."""
+    import re
+
+    runs: dict[tuple, list[int]] = {}  # (name or numbered prefix, dtype, shape) -> the numbers, in first-seen order
+    for name, info in tensors.items():
+        numbered = re.fullmatch(r"(.*?_)(\d+)", name)
+        key = (numbered[1] if numbered else name, bool(numbered), info["dtype"], tuple(info["shape"]))
+        runs.setdefault(key, []).extend([int(numbered[2])] if numbered else [])
+    lines = []
+    for (prefix, is_numbered, dtype, shape), numbers in runs.items():
+        if not is_numbered:
+            name = prefix
+        elif len(numbers) > 1 and numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+            name = f"{prefix}{numbers[0]}…{numbers[-1]}"
+        else:
+            name = f"{prefix}{','.join(map(str, numbers))}"
+        lines.append(f"{name} {dtype}[{', '.join(map(str, shape))}]")
+    return "\n".join(lines)
+
+
+def _tflite_tables(report: dict) -> list:
+    from rich.table import Table
+
+    signatures = Table("signature", "inputs", "outputs", title="signatures", show_lines=True)
+    for name, io in report["signatures"].items():
+        signatures.add_row(name, _io_summary(io["inputs"]), _io_summary(io["outputs"]))
+    total = sum(report["weight_bytes_by_dtype"].values()) or 1
+    dtypes = list(report["weight_bytes_by_dtype"])
+    groups = Table("layer group", "weights", *dtypes, title=f"weights by layer group and dtype ({_mb(report['duplicate_weight_bytes'])} stored twice)")
+    for group, by_dtype in report["weight_bytes_by_group_and_dtype"].items():
+        groups.add_row(group, _mb(sum(by_dtype.values())), *(_mb(by_dtype[d]) if d in by_dtype else "" for d in dtypes))
+    groups.add_row("total", _mb(total), *(f"{_mb(b)} ({b / total:.0%})" for b in report["weight_bytes_by_dtype"].values()), style="bold")
+    return [signatures, groups]
+
+
+def _litertlm_tables(report: dict) -> list:
+    from rich.table import Table
+
+    sections = Table("section", "data type", "size", title="sections")
+    for section in report["sections"]:
+        sections.add_row(str(section["index"]), section["type"], _mb(section["bytes"]))
+    return [sections]
+
+
+def _task_tables(report: dict) -> list:
+    from rich.table import Table
+
+    entries = Table("entry", "size", title="entries")
+    for entry in report["entries"]:
+        entries.add_row(entry["name"], _mb(entry["size"]))
+    metadata = Table("metadata", "value", title="metadata")
+    for key, value in report["metadata"].items():
+        metadata.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    return [entries, metadata]
+
+
+_INSPECT_TABLES = {"tflite": _tflite_tables, "litertlm": _litertlm_tables, "task": _task_tables}

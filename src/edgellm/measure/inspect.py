@@ -52,7 +52,7 @@ def inspect_tflite(path: Path) -> dict:
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
         flat = schema.Model.GetRootAs(data, 0)
         type_names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-        by_dtype, by_group, seen, starts_by_size = Counter(), Counter(), set(), defaultdict(list)
+        by_dtype, by_group, seen, starts_by_size = Counter(), defaultdict(Counter), set(), defaultdict(list)
         for s in range(flat.SubgraphsLength()):
             subgraph = flat.Subgraphs(s)
             for t in range(subgraph.TensorsLength()):
@@ -66,15 +66,17 @@ def inspect_tflite(path: Path) -> dict:
                 seen.add(index)
                 starts_by_size[size].append(start)
                 block = re.search(r"Block_(\d+)", tensor.Name().decode(errors="replace"))
-                by_dtype[type_names.get(tensor.Type(), str(tensor.Type()))] += size
-                by_group[f"block {int(block.group(1)):03d}" if block else "embedding, head, other"] += size
+                dtype = type_names.get(tensor.Type(), str(tensor.Type()))
+                by_dtype[dtype] += size
+                by_group[f"block {int(block.group(1)):03d}" if block else "embedding, head, other"][dtype] += size
         duplicates = _duplicate_bytes(data, starts_by_size)
     return {
         "format": "tflite",
         "size_bytes": path.stat().st_size,
         "signatures": signatures,
         "weight_bytes_by_dtype": dict(by_dtype.most_common()),
-        "weight_bytes_by_group": dict(sorted(by_group.items())),
+        "weight_bytes_by_group": {group: sum(dtypes.values()) for group, dtypes in sorted(by_group.items())},
+        "weight_bytes_by_group_and_dtype": {group: dict(dtypes.most_common()) for group, dtypes in sorted(by_group.items())},
         "duplicate_weight_bytes": duplicates,
     }
 
@@ -99,7 +101,19 @@ def inspect_litertlm(path: Path) -> dict:
         litertlm_peek.peek_litertlm_file(str(path), None, text)
     except Exception as exc:  # noqa: BLE001 - the reader raises whatever its flatbuffer parser hits
         raise EdgeLLMError(f"{path}: unreadable .litertlm ({type(exc).__name__}: {exc})") from None
-    return {"format": "litertlm", "size_bytes": path.stat().st_size, "contents": [line for line in text.getvalue().splitlines() if line.strip()]}
+    contents = [line for line in text.getvalue().splitlines() if line.strip()]
+    return {"format": "litertlm", "size_bytes": path.stat().st_size, "sections": _litertlm_sections(contents), "contents": contents}
+
+
+def _litertlm_sections(contents: list[str]) -> list[dict]:
+    """Each section's data type and bytes, from the reader's text (`Section N:`, offsets, `Data Type:`)."""
+    sections = []
+    for line in contents:
+        if re.fullmatch(r"Section \d+:", line.strip()):
+            sections.append({"index": len(sections)})
+        elif sections and (field := re.match(r"\s*(Begin Offset|End Offset|Data Type):\s*(\S+)", line)):
+            sections[-1][field[1]] = field[2]
+    return [{"index": s["index"], "type": s.get("Data Type", "?"), "bytes": int(s.get("End Offset", 0)) - int(s.get("Begin Offset", 0))} for s in sections]
 
 
 def inspect_file(path: Path) -> dict:
