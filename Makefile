@@ -10,16 +10,22 @@ MEDIAPIPE_VENV ?= .venv-mediapipe
 REAL_MODELS ?= $(HOME)/.cache/edgellm-real-models
 GET_REAL_MODELS := ../shared/tools/get_real_models.sh
 
-.PHONY: install install-mediapipe real-models lint test test-fast demo clean
+.PHONY: install install-mediapipe install-browser real-models lint test test-fast demo clean
 
 # torch first, pinned: that CPU wheel is on disk here; an unpinned resolve would pull a multi-GB CUDA build.
-install: install-mediapipe real-models
+install: install-mediapipe install-browser real-models
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,ray]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,explore]'
 
 install-mediapipe: $(MEDIAPIPE_VENV)/.ready
+
+# Debian's chromium, which Playwright drives in the Model Explorer test (Playwright's own browser
+# download is not reachable here); as root where it is missing, else with sudo.
+install-browser:
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 $(MEDIAPIPE_VENV)/.ready:
 	$(PYTHON) -m venv --clear $(MEDIAPIPE_VENV)

@@ -13,7 +13,7 @@ import sys
 import click
 
 from edgellm import __version__
-from edgellm.cli import build, cache, generate, matrix, measure, package, quantize, spec, tokenizer
+from edgellm.cli import build, cache, explore, generate, matrix, measure, package, quantize, spec, tokenizer
 
 EXAMPLES = """
 \b
@@ -38,7 +38,7 @@ def cli() -> None:
 
 for command in (build.build, build.fetch, build.verify, build.convert, generate.run, generate.chat, generate.embed, measure.bench,
                 measure.evaluate_models, measure.inspect, quantize.quantize, quantize.recipes, package.bundle, package.check_bundle, spec.spec,
-                cache.cache, tokenizer.tokenizer, matrix.matrix):
+                cache.cache, tokenizer.tokenizer, matrix.matrix, explore.explore):
     cli.add_command(command)
 
 

@@ -31,7 +31,7 @@ from edgellm.cli.output import Progress, emit_json, print_table
 def quantize(model, recipe, search, max_ppl_ratio, output, as_json, calibration, tokenizer, cache_url) -> None:
     """Quantize a .tflite with a recipe; every signature and I/O name is kept. Recipes with gptq
     rules first run the model on calibration text (a cached stage)."""
-    from edgellm.pipeline.flows import publish_quantized, quantize_searched
+    from edgellm.pipeline.flows import publish_quantized, quantize_searched, write_sensitivity
     from edgellm.quantize.recipes import load_recipe
 
     if (recipe is None) == (not search):
@@ -45,6 +45,8 @@ def quantize(model, recipe, search, max_ppl_ratio, output, as_json, calibration,
         result = build.result("quantize")
     output, *companions = publish_quantized(build, result, output or model.with_name(f"{model.stem}-{build.recipe.name}.tflite"))
     recipe_file = build.recipe.write(output.with_suffix(".yaml")) if searched is not None else None
+    if searched is not None:
+        companions.append(write_sensitivity(build, output.with_suffix(".sensitivity.json")))
     if as_json:
         extra = {"recipe_file": str(recipe_file), "search": searched.report.as_json(), "recipe": build.recipe.model_dump()} if searched is not None else {}
         emit_json({**result.as_json(), "output": str(output), "companions": [str(c) for c in companions], **extra})

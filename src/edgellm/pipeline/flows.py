@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from edgellm.infra.files import publish
+from edgellm.infra.files import publish, write_json
 from edgellm.pipeline.runner import StageResult
 from edgellm.pipeline.stages import Pipeline
 from edgellm.tflite.metadata import METADATA_FILE, read_metadata
@@ -43,3 +43,11 @@ def publish_quantized(p: Pipeline, result: StageResult, output: Path) -> list[Pa
     written.append(publish(tokenizer, output.parent / tokenizer.name))
     written.append(metadata.model_copy(update={"tokenizer": tokenizer.name, "recipe": p.recipe.name}).write(output.parent))
     return written
+
+
+def write_sensitivity(p: Pipeline, path: Path) -> Path:
+    """What the search measured per layer group (its int4 cost and how ops are matched to it),
+    beside the searched recipe: `edgellm explore --overlay sensitivity` paints it on the graph."""
+    report = p.result("sensitivity").report
+    write_json(path, {"groups": [{"name": g["name"], "pattern": g["pattern"]} for g in report.groups], "int4_costs": report.int4_costs})
+    return path
