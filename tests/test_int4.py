@@ -3,6 +3,7 @@ layer-group search, and their errors, on the real quantizer and runtime."""
 
 import json
 import mmap
+import re
 
 import numpy as np
 import pytest
@@ -136,6 +137,16 @@ def test_search_writes_a_recipe_that_rebuilds_its_model(stories_build, tmp_path)
     assert report["recipe_file"] == str(tmp_path / "s.yaml")
     again = run_cli("quantize", str(model), "--recipe", report["recipe_file"], "-o", str(tmp_path / "again.tflite"), "--json", cache=stories_build.cache)
     assert (tmp_path / "again.tflite").read_bytes() == (tmp_path / "s.tflite").read_bytes(), again.stderr
+    # What the search measured, kept beside its recipe, is the explore command's sensitivity overlay.
+    measured = json.loads((tmp_path / "s.sensitivity.json").read_text())
+    assert len(measured["groups"]) == 10 and set(measured["int4_costs"]) == {g["name"] for g in measured["groups"]}
+    exported = run_cli("explore", str(tmp_path / "s.tflite"), "--overlay", "sensitivity", "--export", str(tmp_path / "overlays"), cache=stories_build.cache)
+    assert exported.code == 0, exported.stderr
+    overlay = json.loads((tmp_path / "overlays" / "s.sensitivity.json").read_text())["prefill_32"]["results"]
+    worst_group = max(measured["int4_costs"], key=measured["int4_costs"].get)
+    block, module = worst_group.split()
+    worst_op = max(overlay, key=lambda name: overlay[name]["value"])
+    assert f"{block}/" in worst_op and module in worst_op, (worst_group, worst_op)
 
 
 @pytest.mark.parametrize(
@@ -162,3 +173,31 @@ def test_build_with_the_int4_recipe_calibrates_then_quantizes(stories_build, tmp
     assert list(stages)[-3:] == ["calibrate", "quantize", "export"]
     assert stages["calibrate"]["tokens"] == 32 * 32 and stages["quantize"]["gptq_weights"] == 20  # 32 windows of prefill_32
     assert 0.5 < stages["quantize"]["held_out_ppl_ratio"] < 1.5 and stages["quantize"]["top1_agreement_with_float"] > 0.5
+
+
+def test_calibration_shows_a_progress_bar_in_a_terminal(stories_build, tmp_path):
+    """In a terminal, a long stage shows steps done, elapsed time and the time left, not only a spinner."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "EDGELLM_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "COLUMNS": "160", "TERM": "xterm"}
+    process = subprocess.Popen([sys.executable, "-m", "edgellm", "quantize", str(stories_build.output / "model.tflite"), "--recipe", "int4",
+                                "-o", str(tmp_path / "q.tflite")], stdin=secondary, stdout=secondary, stderr=secondary, env=env)
+    os.close(secondary)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 1 << 16)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(primary)
+    assert process.wait(timeout=600) == 0, screen[-2000:]
+    text = screen.decode(errors="replace")
+    windows = re.findall(r"calibrate model.tflite\S*\s+\S+\s+(\d+)/(\d+) \d:\d\d:\d\d left", re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", text))
+    assert windows and {total for _, total in windows} == {"32"} and max(int(done) for done, _ in windows) == 32, text[-2000:]

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgellm.cli.options import json_option, model_argument, threads_option, tokenizer_option
-from edgellm.cli.output import console, emit_json, print_table
+from edgellm.cli.output import emit_json, print_table, progress_bar
 
 
 @singledispatch
@@ -134,7 +134,7 @@ def evaluate_models(models, corpus, tokenizer, max_tokens, window, checkpoint, p
     if as_json:
         report = kind.evaluate(list(models), corpus, tokenizer, max_tokens, window, checkpoint)
     else:
-        with console().status("[bold]eval[/]…", spinner="dots"):
+        with progress_bar("[bold]eval[/] windows"):
             report = kind.evaluate(list(models), corpus, tokenizer, max_tokens, window, checkpoint)
     if plot is not None:
         from edgellm.errors import EdgeLLMError

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import click
 
@@ -27,23 +29,35 @@ def print_table(table) -> None:
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
+@contextmanager
+def progress_bar(description: str) -> Iterator[None]:
+    """A bar on stderr while the block runs: elapsed time always; steps and an estimate of the time
+    left when the work reports them (infra/progress.py), a pulse when it does not."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from edgellm.infra.progress import listening
+
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("left"), TimeRemainingColumn(), console=console(), transient=True)
+    task = bar.add_task(description, total=None)
+    with bar, listening(lambda done, total: bar.update(task, completed=done, total=total)):
+        yield
+
+
 class Progress:
-    """A spinner while a stage runs, then its line in the stage table (nothing with --json)."""
+    """A progress bar while a stage runs, then its line in the stage table (nothing with --json)."""
 
     def __init__(self, label: str, quiet: bool, only: str | None = None):
-        """`only`: show this stage alone (a command on a model file shows its one stage)."""
-        self.label, self.quiet, self.only, self.results, self._status = label, quiet, only, [], None
+        """`only`: list this stage alone in the table (a command on a model file lists its one stage)."""
+        self.label, self.quiet, self.only, self.results, self._bar = label, quiet, only, [], ExitStack()
 
     def start(self, stage: str) -> None:
-        if not self.quiet and self.only in (None, stage):
-            self._status = console().status(f"[bold]{stage}[/] {self.label}…", spinner="dots")
-            self._status.start()
+        if not self.quiet:  # every stage that runs gets its bar (calibrate before quantize, say), `only` or not
+            self._bar.enter_context(progress_bar(f"[bold]{stage}[/] {self.label}"))
 
     def finish(self, result) -> None:
         self.results.append(result)
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+        self._bar.close()
         if not self.quiet and self.only in (None, result.stage):
             how = {"ran": "[green]ran[/]    ", "cached": "[dim]cached[/] ", "fetched": "[cyan]fetched[/]"}[result.how]
             console().print(f"  {result.stage:<16} {how} {result.seconds:7.2f}s {result.peak_rss_bytes / 2**30:6.2f} GiB  {result.report.summary()}")

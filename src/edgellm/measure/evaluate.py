@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgellm.errors import EdgeLLMError
+from edgellm.infra.progress import advance
 from edgellm.measure.reports import EmbeddingAgreement, PerplexityReport
 from edgellm.runtime.decoder import LiteRTModel
 from edgellm.runtime.encoder import EmbeddingModel
@@ -84,7 +85,9 @@ def evaluate(models: list[Path], tokenizer: Tokenizer, corpus: Path, bos_id: int
     kl_at = np.zeros((len(runners), window))  # summed over windows, by position: does error grow with context?
     windows_at = np.zeros(window)
     reference_nll = []
-    for piece in corpus_windows(tokens, window, bos_id):
+    pieces = corpus_windows(tokens, window, bos_id)
+    for done, piece in enumerate(pieces):
+        advance(done, len(pieces))
         targets = np.arange(len(piece) - 1), np.array(piece[1:])
         windows_at[: len(piece) - 1] += 1
         expected = log_softmax(reference.logits(piece)[:-1].astype(np.float64)) if reference is not None else None

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgellm.errors import EdgeLLMError
+from edgellm.infra.progress import advance
 from edgellm.infra.resources import data_path
 
 DEFAULT_CALIBRATION = data_path("recipes", "calibration.txt")
@@ -110,7 +111,7 @@ def capture_hessians(model_path: Path, windows: list[list[int]], signature: str)
         for place in {(s, a) for s, _, a in ops if s in indices}:
             readers.setdefault(place, []).append(buffer)
     sums: dict[tuple[int, int], torch.Tensor] = {}
-    for window in windows:
+    for done, window in enumerate(windows, 1):
         out = runner(tokens=np.array([window], np.int32), input_pos=np.arange(len(window), dtype=np.int32), **caches)
         if head:
             head(hidden=out["hidden"])
@@ -118,6 +119,7 @@ def capture_hessians(model_path: Path, windows: list[list[int]], signature: str)
             x = torch.from_numpy(interpreter.get_tensor(place[1], place[0]))
             x = x.reshape(-1, x.shape[-1])
             sums[place] = sums.get(place, 0) + (x.T @ x).double()  # float32 products, float64 sum
+        advance(done, len(windows))
     hessians: dict[int, np.ndarray] = {}
     for place, buffers in readers.items():
         for buffer in buffers:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgellm.errors import EdgeLLMError
+from edgellm.infra.progress import advance
 from edgellm.quantize.apply import OpInfo
 from edgellm.quantize.recipes import QuantRule, Recipe
 
@@ -146,7 +147,12 @@ def score_windows(model: bytes | Path, windows: list[list[int]], signature: str,
 
 def measure_sensitivity(probe: WeightProbe, groups: list[Group]) -> dict:
     """The KL cost of all weights in int8, and per group the KL cost of int4 with everything else float."""
-    return {"int8_cost": probe.score({b: INT8 for g in groups for b in g.buffers})[1], "int4_costs": {g.name: probe.score(g.int4())[1] for g in groups}}
+    int8_cost = probe.score({b: INT8 for g in groups for b in g.buffers})[1]
+    int4_costs = {}
+    for done, group in enumerate(groups, 1):
+        advance(done, len(groups) + 1)
+        int4_costs[group.name] = probe.score(group.int4())[1]
+    return {"int8_cost": int8_cost, "int4_costs": int4_costs}
 
 
 def frontier(groups: list[Group], sensitivity: dict) -> list[dict]:
@@ -178,6 +184,7 @@ def choose(probe: WeightProbe, groups: list[Group], points: list[dict], max_ppl_
         point = {**point, "measured_ppl_ratio": ratio, "measured_kl_bound": math.exp(kl)}
         points[index] = point
         measured.append(point)
+        advance(len(measured), None)  # how many steps back the budget takes is not known ahead
         if point["measured_kl_bound"] <= max_ppl_ratio or index == 0:
             return point, measured
         index -= 1
