@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -67,6 +68,24 @@ def litert_lm_greedy(bundles: list[Path], max_tokens: int, scratch: Path) -> lis
                             check=False, capture_output=True, text=True, timeout=600)
     assert engine.returncode == 0, engine.stderr[-2000:]
     return json.loads(engine.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, server: subprocess.Popen, what: str, seconds: float = 120) -> None:
+    """Until a server started by a test accepts connections on 127.0.0.1:`port` (fails if it exits or takes too long)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.2)
 
 
 def cache_files(cache: Path) -> list[Path]:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import free_port, run_cli, wait_for_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -85,32 +83,19 @@ def test_explore_refuses_a_non_model_and_an_overlay_without_data(stories_build, 
         assert result.code == 2 and needle in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_model_explorer_shows_the_error_overlay_in_a_browser(quantized, tmp_path):
     pytest.importorskip("model_explorer", reason="Model Explorer is the [explore] extra: make install")
     playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is a dev extra: make install")
     if not Path(CHROMIUM).is_file():
         pytest.skip("Debian's chromium is absent: make install")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "edgellm", "explore", str(quantized), "--overlay", "bytes", "--overlay", "error",
                                "--no-browser", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "EDGELLM_CACHE_DIR": str(tmp_path / "cache")})
     try:
         url = server.stderr.readline().removeprefix("Model Explorer: ").strip()
         assert url.startswith(f"http://127.0.0.1:{port}/?data="), url
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "Model Explorer did not start"
-                time.sleep(0.5)
+        wait_for_port(port, server, "Model Explorer")
         with playwright.sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1600, "height": 1000})

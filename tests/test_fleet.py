@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import free_port, run_cli, wait_for_port
 from tiny_models import make_tiny_checkpoint
 
 from edgellm.spec.load import load_spec
@@ -24,30 +23,17 @@ MODELS = ("smollm2-135m", "qwen3-0.6b")
 RECIPES = ("int8-dynamic", "fp16")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A real S3 server on a free loopback port, with one bucket; yields the environment that points clients at it."""
     pytest.importorskip("moto", reason="moto[server] is a dev extra: make install")
     boto3 = pytest.importorskip("boto3")
-    port = _free_port()
+    port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "server.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "the S3 server did not start"
-                time.sleep(0.2)
+        wait_for_port(port, server, "the S3 server")
         client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                               aws_access_key_id="test", aws_secret_access_key="test")
         client.create_bucket(Bucket=BUCKET)

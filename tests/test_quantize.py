@@ -121,6 +121,20 @@ def test_eval_and_bench_print_tables(stories_build):
     assert bench.code == 0 and "time to first token" in bench.stdout and "decode, raw invoke" in bench.stdout, bench.stderr
 
 
+def test_a_bench_table_becomes_a_png(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    (tmp_path / "bench.md").write_text("speeds\n\n| model | tokens/s |\n|---|---|\n| a | 10.5 |\n| b | 12.0 |\n\n| x | y |\n|---|---|\n| 1 | 2 |\n")
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "table_png.py"), str(tmp_path / "bench.md"), "-o", str(tmp_path / "bench.png")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    with Image.open(tmp_path / "bench.png") as image:
+        assert image.format == "PNG" and image.width > 200 and len(image.convert("RGB").getcolors(1 << 20)) > 10
+
+
 def test_eval_plot_refuses_a_path_it_cannot_write_before_measuring(stories_build, tmp_path):
     model = str(stories_build.output / "model.tflite")
     for path, needle in ((tmp_path / "eval.txt", "unknown image format .txt"), (tmp_path / "missing" / "eval.png", "does not exist")):
