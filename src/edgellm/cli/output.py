@@ -37,6 +37,9 @@ def progress_bar(description: str) -> Iterator[None]:
 
     from edgellm.infra.progress import listening
 
+    if not console().is_terminal:  # a log or a pipe: no bar (rich would leave blank lines there)
+        yield
+        return
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("left"), TimeRemainingColumn(), console=console(), transient=True)
     task = bar.add_task(description, total=None)
