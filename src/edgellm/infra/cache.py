@@ -116,10 +116,10 @@ class ArtifactCache:
                     if mine:
                         with self.writing(stage, key) as folder:
                             build(folder)
-                            self._seal(folder)
-                            if (theirs := remote.publish(stage, key, folder)) is not None and theirs["files"] != folder_manifest(folder):
+                            files = self._seal(folder)
+                            if (theirs := remote.publish(stage, key, folder, files)) is not None and theirs["files"] != files:
                                 _adopt(remote, theirs, folder)
-                                self._seal(folder)
+                                self._seal(folder, theirs["files"])
                         return "ran"
             with self.writing(stage, key) as folder:
                 build(folder)
@@ -133,7 +133,7 @@ class ArtifactCache:
         try:
             with self.writing(stage, key) as folder:
                 remote.download(manifest, folder)
-                self._seal(folder)
+                self._seal(folder, manifest["files"])  # each file was hashed against these on download
             return True
         except CorruptArtifact as exc:
             print(f"warning: {stage} {key[:12]} in {remote.url}: {exc}; dropping it and rebuilding", file=sys.stderr)
@@ -141,8 +141,11 @@ class ArtifactCache:
             return False
 
     @staticmethod
-    def _seal(folder: Path) -> None:
-        write_json(folder / MANIFEST_FILE, {"files": folder_manifest(folder)})
+    def _seal(folder: Path, files: dict[str, dict] | None = None) -> dict[str, dict]:
+        """Write the artifact's manifest (its files' digests, hashed here unless already known); returns its files."""
+        files = folder_manifest(folder) if files is None else files
+        write_json(folder / MANIFEST_FILE, {"files": files})
+        return files
 
     @contextmanager
     def _locked(self, stage: str, key: str) -> Iterator[None]:

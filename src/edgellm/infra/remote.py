@@ -147,14 +147,14 @@ class RemoteCache:
             raise EdgeLLMError(f"the cache at {self.url} does not support create-only writes, so two runners could overwrite each other; "
                                "edgellm will not publish to it: use a store with conditional puts (S3, GCS, a local folder)")
 
-    def publish(self, stage: str, key: str, folder: Path) -> dict | None:
-        """Upload `folder`'s blobs, then its manifest create-only. Returns None when this one was
-        published, or the manifest another runner published first (to adopt)."""
+    def publish(self, stage: str, key: str, folder: Path, files: dict[str, dict]) -> dict | None:
+        """Upload `folder`'s blobs (`files`: its manifest's file digests), then its manifest
+        create-only. Returns None when this one was published, or the manifest another runner
+        published first (to adopt)."""
         import obstore
         from obstore.exceptions import AlreadyExistsError
 
         self.check_create_only()
-        files = folder_manifest(folder)
         for name, entry in files.items():
             blob = f"blobs/{entry['sha256']}"
             try:
