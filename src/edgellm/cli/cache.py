@@ -48,11 +48,12 @@ def cache_ls(cache_url, as_json) -> None:
 
     from edgellm.infra.cache_admin import entries
 
-    found = entries(artifact_cache(cache_url), remote=cache_url is not None)
+    cache = artifact_cache(cache_url)
+    found = entries(cache)
     if as_json:
         emit_json([entry.as_json() for entry in found])
         return
-    table = Table("stage", "key", "size", "made", title=cache_url or str(artifact_cache(None).root))
+    table = Table("stage", "key", "size", "made", title=cache_url or str(cache.root))
     for entry in found:
         table.add_row(entry.stage, entry.key, f"{entry.size / 1e6:.2f} MB", entry.modified.strftime("%Y-%m-%d %H:%M"))
     print_table(table)
@@ -66,7 +67,7 @@ def cache_verify(cache_url, as_json) -> None:
     from edgellm.errors import VerificationFailed
     from edgellm.infra.cache_admin import verify
 
-    problems = verify(artifact_cache(cache_url), remote=cache_url is not None)
+    problems = verify(artifact_cache(cache_url))
     if as_json:
         emit_json({"problems": problems})
     else:
@@ -84,7 +85,7 @@ def cache_gc(older_than, cache_url, as_json) -> None:
     a blob that a kept manifest names)."""
     from edgellm.infra.cache_admin import gc
 
-    count, freed = gc(artifact_cache(cache_url), cache_url is not None, older_than)
+    count, freed = gc(artifact_cache(cache_url), older_than)
     if as_json:
         emit_json({"deleted": count, "freed_bytes": freed})
     else:
