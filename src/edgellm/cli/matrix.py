@@ -90,7 +90,7 @@ def matrix_plan(matrix_file, emit, cache_url, as_json) -> None:
 
     cells = load_matrix(matrix_file)
     cache = artifact_cache(cache_url)
-    rows = [{"id": cell.id, "model": cell.spec.name, "recipe": Path(cell.recipe).stem, "where": where_cached(cell, cache)} for cell in cells]
+    rows = [{"id": cell.id, "model": cell.spec.name, "recipe": cell.recipe_name, "where": where_cached(cell, cache)} for cell in cells]
     missing = [row["id"] for row in rows if row["where"] == "missing"]
     if emit is not None:
         click.echo(_ci_matrix(emit, matrix_file, missing, cache_url), nl=False)

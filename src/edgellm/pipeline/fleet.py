@@ -26,9 +26,9 @@ def cell_command(matrix: Path, cell: Cell, cache_url: str | None) -> list[str]:
             *(["--cache", cache_url] if cache_url else [])]
 
 
-def run_cell_process(command: list[str], cell_id: str, env: dict[str, str] | None = None) -> dict:
+def run_cell_process(command: list[str], cell_id: str) -> dict:
     """One cell in its own process; its JSON report, or a failed one carrying the process's last words."""
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     try:
         return json.loads(done.stdout)["cells"][0]
     except (json.JSONDecodeError, KeyError, IndexError):

@@ -56,8 +56,12 @@ class Cell:
     id: str  # "<spec name>/<recipe>"
     spec: object  # spec.schema.ModelSpec, with the matrix's export overrides
     checkpoint: Path | None
-    recipe: str
+    recipe: str  # a shipped recipe's name or a recipe file's path
     bundles: tuple[str, ...]
+
+    @property
+    def recipe_name(self) -> str:
+        return Path(self.recipe).stem
 
     def pipeline(self, cache: ArtifactCache, on_finish=lambda result: None) -> Pipeline:
         from edgellm.quantize.recipes import load_recipe
@@ -144,7 +148,7 @@ def memory_estimate(cell: Cell, cache: ArtifactCache) -> int:
 def run_cell(cell: Cell, cache: ArtifactCache) -> dict:
     """Build one cell; its report for `matrix run --json` (a failure is the cell's, not the run's)."""
     results: list[StageResult] = []
-    report = {"id": cell.id, "model": cell.spec.name, "recipe": Path(cell.recipe).stem, "error": None}
+    report = {"id": cell.id, "model": cell.spec.name, "recipe": cell.recipe_name, "error": None}
     try:
         pipeline = cell.pipeline(cache, on_finish=results.append)
         pipeline.run(pipeline.build_stages())
