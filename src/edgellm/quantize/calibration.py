@@ -84,19 +84,27 @@ def weight_readers(model_path: Path, *signatures: str) -> tuple[dict[int, list[t
     return found
 
 
+def tensor_keeping_interpreter(model_path: Path):
+    """An interpreter that keeps every intermediate tensor readable after a call (no delegate: the
+    delegate's fused kernels would hide them)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from edgellm.infra.quiet import native_output_to
+
+    with native_output_to(os.devnull):
+        return Interpreter(model_path=str(model_path), experimental_preserve_all_tensors=True, num_threads=os.cpu_count(),
+                           experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+
 def capture_hessians(model_path: Path, windows: list[list[int]], signature: str) -> dict[int, np.ndarray]:
     """H per weight buffer (float64 [in, in]), summed over every token of every window, each
     window run at positions 0.. with an empty KV cache through the prefill `signature` and its
     output head (`head_N`, where the prefill gives hidden states)."""
     import torch
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from edgellm.infra.quiet import native_output_to
     from edgellm.tflite.file import head_runner, head_signature
 
-    with native_output_to(os.devnull):
-        interpreter = Interpreter(model_path=str(model_path), experimental_preserve_all_tensors=True, num_threads=os.cpu_count(),
-                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = tensor_keeping_interpreter(model_path)
     runner = interpreter.get_signature_runner(signature)
     inputs = runner.get_input_details()
     unknown = set(inputs) - {"tokens", "input_pos"} - {name for name in inputs if name.startswith("kv_cache")}

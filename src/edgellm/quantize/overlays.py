@@ -12,7 +12,6 @@ and matches a value to the op that outputs the tensor of that name. Three measur
 from __future__ import annotations
 
 import mmap
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +20,15 @@ import numpy as np
 
 from edgellm.errors import EdgeLLMError
 from edgellm.infra.files import read_json
-from edgellm.infra.quiet import native_output_to
-from edgellm.quantize.calibration import DEFAULT_CALIBRATION, calibration_windows, read_calibration_text, widest_prefill
+from edgellm.quantize.calibration import (
+    DEFAULT_CALIBRATION,
+    calibration_windows,
+    read_calibration_text,
+    tensor_keeping_interpreter,
+    widest_prefill,
+)
 from edgellm.tflite.file import buffer_data
 
-OVERLAYS = ("bytes", "sensitivity", "error")
 Values = dict[str, dict[str, float]]  # graph id -> output tensor name -> value
 # Low values pale, high values deep red: the worst op is the one to look at.
 GRADIENT = [{"stop": 0, "bgColor": "#fff5eb"}, {"stop": 0.5, "bgColor": "#fd8d3c"}, {"stop": 1, "bgColor": "#a50f15"}]
@@ -75,11 +78,7 @@ def sensitivity_overlay(model: Path, measured: dict) -> Values:
 
 def _outputs_on(model: Path, signature: str, tokens: list[int]) -> dict[str, np.ndarray]:
     """Every op output of `signature`'s subgraph, by tensor name, after one prefill of `tokens`."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    with native_output_to(os.devnull):
-        interpreter = Interpreter(model_path=str(model), experimental_preserve_all_tensors=True, num_threads=os.cpu_count(),
-                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = tensor_keeping_interpreter(model)
     runner = interpreter.get_signature_runner(signature)
     caches = {name: np.zeros(d["shape"], d["dtype"]) for name, d in runner.get_input_details().items() if name.startswith("kv_cache")}
     runner(tokens=np.array([tokens], np.int32), input_pos=np.arange(len(tokens), dtype=np.int32), **caches)
