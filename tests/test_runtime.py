@@ -332,12 +332,13 @@ def test_runtime_drives_litert_torch_conventions_to_the_same_logits_and_text(tmp
     from edgellm.kinds import kind_named
     from edgellm.spec.hf_config import resolve_architecture
     from edgellm.spec.load import load_spec
+    from edgellm.spec.schema import ExportSection
 
     spec = load_spec(SPECS / "stories260k.yaml")
     arch = resolve_architecture(spec, DEMO)
     decoder = load_model(spec, arch, Checkpoint.open(DEMO), kind_named("decoder").build)
     ours_path = tmp_path / "ours.tflite"
-    write_tflite(decoder_signatures(decoder, [8], 64), ours_path, tmp_path / "ours.log")
+    write_tflite(decoder_signatures(decoder, ExportSection(prefill_lengths=[8], kv_cache_length=64)), ours_path, tmp_path / "ours.log")
     theirs = LiteRTModel(_litert_torch_style(load_model(spec, arch, Checkpoint.open(DEMO), kind_named("decoder").build), tmp_path))
     ours = LiteRTModel(ours_path)
     assert not theirs.prefill_gives_logits and ours.prefill_gives_logits and theirs.kv_cache_length == 64

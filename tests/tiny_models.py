@@ -90,3 +90,21 @@ def _perturb_norms(model) -> None:
         for name, param in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 param.add_(torch.randn_like(param) * 0.1)
+
+
+def make_tiny_adapter(checkpoint: Path, folder: Path, targets: list[str], rank: int = 4, alpha: float = 8.0, seed: int = 1, **lora) -> Path:
+    """A PEFT LoRA adapter for a tiny checkpoint, written by peft's own save_pretrained, with random
+    non-zero lora_B (peft initialises it to zero, which would make any adapter look right)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, **lora))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "lora_magnitude_vector" in name:
+                param.add_(torch.randn_like(param) * 0.3)
+    peft_model.save_pretrained(folder)
+    return folder

@@ -49,6 +49,15 @@ def read_litertlm(path: Path) -> dict:
     return found
 
 
+def section_tokenizer(section: tuple[str, bytes]):
+    """The tokenizer a bundle's tokenizer section holds (read_litertlm's (type, bytes))."""
+    tokenizer_type, data = section
+    with tempfile.NamedTemporaryFile(suffix=".model" if tokenizer_type == "sentencepiece" else ".json") as f:
+        f.write(data)
+        f.flush()
+        return load_tokenizer(Path(f.name))
+
+
 def _token_ids(union) -> list[int]:
     return list(union.token_ids.ids)
 
@@ -107,14 +116,10 @@ def check_litertlm(path: Path, generate: bool = True) -> dict:
         checks.extend(_signature_check(sections["model"]))
     else:
         checks.append(Check("signatures", False, "no TFLite model section"))
-    tokenizer_type, data = sections.get("tokenizer", (None, None))
+    tokenizer_type = sections.get("tokenizer", (None, None))[0]
     tokenizer = None
     if tokenizer_type:
-        suffix = ".model" if tokenizer_type == "sentencepiece" else ".json"
-        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
-            f.write(data)
-            f.flush()
-            tokenizer = load_tokenizer(Path(f.name))
+        tokenizer = section_tokenizer(sections["tokenizer"])
         checks.append(Check("tokenizer", True, f"{tokenizer_type}, {tokenizer.vocab_size} tokens"))
     else:
         checks.append(Check("tokenizer", False, "no tokenizer section"))

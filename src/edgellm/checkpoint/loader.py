@@ -61,7 +61,7 @@ class Checkpoint:
         a tensor used as it is stored, safetensors only)."""
         file = self.tensors[name].file
         if (file, mapped) not in self._open:
-            self._open[file, mapped] = _open_tensor_file(self.folder / file, mapped)
+            self._open[file, mapped] = open_tensor_file(self.folder / file, mapped)
         handle = self._open[file, mapped]
         return handle.get_tensor(name) if hasattr(handle, "get_tensor") else handle[name]
 
@@ -69,12 +69,12 @@ class Checkpoint:
         """Rows [start, stop) of tensor `name`, read alone (a plain read of just those rows from safetensors)."""
         file = self.tensors[name].file
         if (file, False) not in self._open:
-            self._open[file, False] = _open_tensor_file(self.folder / file, mapped=False)
+            self._open[file, False] = open_tensor_file(self.folder / file, mapped=False)
         handle = self._open[file, False]
         return handle.get_slice(name)[start:stop] if hasattr(handle, "get_slice") else handle[name][start:stop]
 
 
-def _open_tensor_file(path: Path, mapped: bool = True):
+def open_tensor_file(path: Path, mapped: bool = True):
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -94,7 +94,7 @@ def _open_tensor_file(path: Path, mapped: bool = True):
 
 
 def _read_file_inventory(path: Path) -> dict[str, TensorInfo]:
-    handle = _open_tensor_file(path)
+    handle = open_tensor_file(path)
     if hasattr(handle, "get_slice"):
         names = handle.keys()  # a safetensors handle is not iterable itself
         return {name: TensorInfo(tuple(handle.get_slice(name).get_shape()), path.name, handle.get_slice(name).get_dtype() == "F32") for name in names}

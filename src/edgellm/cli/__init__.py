@@ -37,7 +37,7 @@ def cli() -> None:
 
 
 for command in (build.build, build.fetch, build.verify, build.convert, generate.run, generate.chat, generate.embed, measure.bench,
-                measure.evaluate_models, measure.inspect, quantize.quantize, quantize.recipes, package.bundle, package.check_bundle, spec.spec,
+                measure.evaluate_models, measure.inspect, quantize.quantize, quantize.recipes, package.bundle, package.check_bundle, package.adapter, spec.spec,
                 cache.cache, tokenizer.tokenizer, matrix.matrix, explore.explore):
     cli.add_command(command)
 

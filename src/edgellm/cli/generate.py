@@ -10,16 +10,20 @@ from edgellm.cli.options import chat_template_option, json_option, model_argumen
 from edgellm.cli.output import console, emit_json
 
 
-def generator(command: str, model, tokenizer, threads, max_prefill, stop_ids, stop_strings, **sampling):
-    """What generates text from MODEL, as its kind does it (kinds/)."""
+def generator(command: str, model, tokenizer, threads, max_prefill, stop_ids, stop_strings, adapter=None, **sampling):
+    """What generates text from MODEL, as its kind does it (kinds/), with a LoRA file's weights if given."""
     from edgellm.kinds import model_kind
     from edgellm.runtime.sampler import Sampler
 
-    return model_kind(model, command).generator(model, tokenizer, Sampler(**sampling), stop_ids, stop_strings, threads, max_prefill)
+    made = model_kind(model, command).generator(model, tokenizer, Sampler(**sampling), stop_ids, stop_strings, threads, max_prefill)
+    if adapter is not None:
+        made.load_adapter(adapter)
+    return made
 
 
 @click.command(epilog="\b\nExamples:\n  edgellm run build/stories260k/model.tflite --max-tokens 200\n"
-               "  edgellm run model.tflite --prompt 'Once' --temperature 0.8 --top-p 0.9 --seed 1 --json")
+               "  edgellm run model.tflite --prompt 'Once' --temperature 0.8 --top-p 0.9 --seed 1 --json\n"
+               "  edgellm run build/smollm2-lora/model.tflite --adapter my-lora.tflite --prompt 'Hi'")
 @model_argument()
 @click.option("--prompt", default="", help="Text to continue (BOS is added when the model uses it).")
 @sampling_options

@@ -41,7 +41,34 @@ def spec_options(func):
         click.option("--offline", is_flag=True, default=None, help="Use only the local Hugging Face cache (also: HF_HUB_OFFLINE=1)."),
         json_option("Print a machine-readable JSON report on stdout."),
         cache_option,
+        click.option("--adapter", "adapters", multiple=True, type=click.Path(path_type=Path),
+                     help="A PEFT LoRA adapter folder merged into the weights (repeatable: applied in order); verify compares with "
+                          "transformers + peft applying it."),
+        click.option("--lora-rank", type=click.Choice(["16", "32"]),
+                     help="Build for swappable adapters: every signature also takes LoRA weights of this rank (the ranks LiteRT-LM's engine "
+                          "runs); write adapters with `edgellm adapter`."),
+        click.option("--lora-targets", metavar="q,k,v,o", help="The attention projections the LoRA inputs feed (default: q,k,v,o)."),
     ])
+
+
+def with_lora_inputs(spec, lora_rank: str | None, lora_targets: str | None):
+    """`spec` with its export section taking --lora-rank / --lora-targets (one-line error for a bad target)."""
+    from pydantic import ValidationError
+
+    from edgellm.errors import EdgeLLMError
+    from edgellm.spec.schema import ExportSection
+
+    if lora_rank is None and lora_targets is None:
+        return spec
+    update = {"lora_rank": int(lora_rank) if lora_rank else spec.export.lora_rank or 16}
+    if lora_targets is not None:
+        update["lora_targets"] = [t.strip() for t in lora_targets.split(",") if t.strip()]
+    try:
+        export = ExportSection.model_validate({**spec.export.model_dump(), **update})
+    except ValidationError:
+        raise EdgeLLMError(f"--lora-targets {lora_targets}: name attention projections among q, k, v, o, each once "
+                           "(LiteRT-LM feeds LoRA weights to those; merge other adapters with --adapter)") from None
+    return spec.model_copy(update={"export": export})
 
 
 def sampling_options(func):
@@ -59,6 +86,8 @@ def sampling_options(func):
         tokenizer_option("tokenizer.model or tokenizer.json (default: the one beside MODEL)."),
         threads_option(),
         click.option("--max-prefill", type=click.IntRange(min=1), help="Use only prefill signatures up to this length (longer prompts go in chunks)."),
+        click.option("--adapter", type=click.Path(dir_okay=False, path_type=Path),
+                     help="A LoRA file (`edgellm adapter`) for a model built with --lora-rank: its weights feed the model's LoRA inputs."),
     ])
 
 

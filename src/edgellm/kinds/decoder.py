@@ -16,24 +16,25 @@ class DecoderKind(ModelKind):
     name = "decoder"
     marker = re.compile(r"prefill_\d+")
     commands = ("run", "chat", "bench", "bench --compare", "eval")
+    takes_lora = True
 
     def build(self, arch):
         from edgellm.layers.decoder import Decoder
 
         return Decoder(arch)
 
-    def verify(self, spec, arch, prompt, checkpoint_dir, load, out):
+    def verify(self, spec, arch, prompt, checkpoint_dir, load, out, adapters):
         from edgellm.verify.logits import compare, reauthored_logits, reference_logits, verification_tokens
 
         tokens = verification_tokens(arch.vocab_size, spec.verify.num_tokens, prompt.bos_id)
-        reference = reference_logits(checkpoint_dir, tokens)  # freed before ours loads
+        reference = reference_logits(checkpoint_dir, tokens, adapters)  # freed before ours loads
         ours = reauthored_logits(load(), tokens)
         return reauthored_report(spec.verify, out, REFERENCES, reference, ours, compare, tokens=tokens)
 
     def signatures(self, model, export):
         from edgellm.convert.decoder import decoder_signatures
 
-        return decoder_signatures(model, export.prefill_lengths, export.kv_cache_length)
+        return decoder_signatures(model, export)
 
     def prefill_lengths(self, export):
         return sorted(export.prefill_lengths)

@@ -34,7 +34,7 @@ class EncoderKind(PaddedInputsKind):
 
         return TextEncoder(arch)
 
-    def verify(self, spec, arch, prompt, checkpoint_dir, load, out):
+    def verify(self, spec, arch, prompt, checkpoint_dir, load, out, adapters):
         from edgellm.verify.embeddings import compare_embeddings, reauthored_embeddings, reference_embeddings, verification_inputs
 
         lengths = spec.export.sequence_lengths

@@ -25,6 +25,8 @@ class TextGenerator(Protocol):
 
     def prompt_ids(self, prompt: str) -> list[int]: ...
 
+    def load_adapter(self, adapter: Path) -> None: ...
+
     def complete(self, prompt_ids: list[int], max_tokens: int, tokens: list[int]) -> Iterator[str]: ...
 
 
@@ -35,6 +37,7 @@ class ModelKind:
     name: ClassVar[str]  # Architecture.kind's value
     marker: ClassVar[re.Pattern]  # a signature name that only this kind's `.tflite` has
     commands: ClassVar[tuple[str, ...]]  # the model-file commands that take it, the one to suggest first
+    takes_lora: ClassVar[bool] = False  # merged adapters (build --adapter) and LoRA inputs (export.lora_rank)
 
     # -- building and checking, from a spec (the pipeline's stages) ------------------------------
     def build(self, arch: Architecture) -> nn.Module:
@@ -48,8 +51,10 @@ class ModelKind:
         """What else verification depends on, beyond the model and the verify section."""
         return {}
 
-    def verify(self, spec: ModelSpec, arch: Architecture, prompt: PromptSettings, checkpoint_dir: Path, model, out: Path) -> VerifyReport:
-        """Our model against transformers' on fixed inputs; the references are saved in `out` for verify_tflite."""
+    def verify(self, spec: ModelSpec, arch: Architecture, prompt: PromptSettings, checkpoint_dir: Path, model, out: Path,
+               adapters: list[Path]) -> VerifyReport:
+        """Our model against transformers' on fixed inputs (with peft merging `adapters`, for a kind that takes them);
+        the references are saved in `out` for verify_tflite."""
         raise NotImplementedError
 
     def signatures(self, model, export: ExportSection) -> list[Signature]:

@@ -24,7 +24,7 @@ class Seq2SeqKind(PaddedInputsKind):
 
         return EncoderDecoder(arch)
 
-    def verify(self, spec, arch, prompt, checkpoint_dir, load, out):
+    def verify(self, spec, arch, prompt, checkpoint_dir, load, out, adapters):
         from edgellm.verify.logits import compare
         from edgellm.verify.seq2seq import reauthored_logits, reference_logits, verification_pair
 

@@ -5,6 +5,7 @@ from torch import nn
 
 from edgellm.layers.kv_cache import matmul_transposed, update_cache
 from edgellm.layers.linear import merged
+from edgellm.layers.lora import low_rank
 from edgellm.layers.norms import make_norm
 from edgellm.layers.rope import apply_rotary
 from edgellm.spec.schema import Architecture
@@ -45,12 +46,16 @@ class Attention(nn.Module):
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         input_pos: torch.Tensor,
+        lora: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, N, dim]; rope (cos, sin), or None for a layer that does not rotate; mask [1, 1, groups * N, T]
-        additive (Decoder.masks); caches K [B, kv_heads, T, head_dim], V [B, kv_heads, head_dim, T]."""
+        additive (Decoder.masks); caches K [B, kv_heads, T, head_dim], V [B, kv_heads, head_dim, T];
+        lora: swappable LoRA factors (A', B') by projection, q k v o (layers/lora.py)."""
         b, n, _ = x.shape
         kvh, groups, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
+        lora = lora or {}
         q, k, v = self.qkv(x).split([self.num_heads * d, kvh * d, kvh * d], dim=-1)
+        q, k, v = q + low_rank(x, lora.get("q")), k + low_rank(x, lora.get("k")), v + low_rank(x, lora.get("v"))
         if self.q_norm is not None and self.norm_projections:
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(b, n, self.num_heads, d).transpose(1, 2)
@@ -70,4 +75,5 @@ class Attention(nn.Module):
         scores = softcap(matmul_transposed(q, k_cache), self.logit_softcap) + mask
         probs = torch.softmax(scores.float(), dim=-1).type_as(q)
         y = matmul_transposed(probs, v_cache).view(b, self.num_heads, n, d).transpose(1, 2)
-        return self.out(y.reshape(b, n, self.num_heads * d)), k_cache, v_cache
+        y = y.reshape(b, n, self.num_heads * d)
+        return self.out(y) + low_rank(y, lora.get("o")), k_cache, v_cache

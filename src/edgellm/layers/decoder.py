@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from edgellm.layers.attention import Attention, softcap
+from edgellm.layers.lora import layer_lora, lora_shapes
 from edgellm.layers.mlp import MLP
 from edgellm.layers.norms import make_norm
 from edgellm.layers.rope import RotaryEmbedding
@@ -33,9 +34,9 @@ class Block(nn.Module):
         self.mlp = MLP(arch)
         self.post_mlp_norm = make_norm(arch) if arch.post_mlp_norm else None
 
-    def forward(self, x, rope, mask, k_cache, v_cache, input_pos):
+    def forward(self, x, rope, mask, k_cache, v_cache, input_pos, lora=None):
         h = _optional(self.attn_norm, x)
-        attn, k_cache, v_cache = self.attn(h, rope if self.rotates else None, mask, k_cache, v_cache, input_pos)
+        attn, k_cache, v_cache = self.attn(h, rope if self.rotates else None, mask, k_cache, v_cache, input_pos, lora)
         if self.parallel:
             return x + self._scaled(attn) + self._scaled(self.mlp(h)), k_cache, v_cache
         x = x + self._scaled(_optional(self.post_attn_norm, attn))
@@ -83,6 +84,12 @@ class Decoder(nn.Module):
         shapes = self.cache_shapes(kv_cache_length)
         return {f"kv_cache_{kind}_{i}": torch.zeros(shapes[kind]) for i in range(self.arch.num_layers) for kind in "kv"}
 
+    def lora_shapes(self, rank: int, targets: list[str]) -> dict[str, tuple[int, int]]:
+        """The swappable LoRA inputs of rank `rank` for the attention projections `targets` (layers/lora.py)."""
+        dim, q_dim, kv_dim = self.arch.hidden_size, self.arch.num_heads * self.arch.head_dim, self.arch.num_kv_heads * self.arch.head_dim
+        ins, outs = {"q": dim, "k": dim, "v": dim, "o": q_dim}, {"q": q_dim, "k": kv_dim, "v": kv_dim, "o": dim}
+        return lora_shapes(ins, outs, rank, targets, self.arch.num_layers)
+
     def masks(self, input_pos: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Additive masks, causal and causal within the sliding window, as every layer adds them to its
         scores: [1, 1, groups * N, T], the N query rows once per query head sharing a KV head."""
@@ -98,9 +105,11 @@ class Decoder(nn.Module):
             return rows(causal), None
         return rows(causal), rows(causal & (key_pos > query_pos - self.arch.sliding_window))
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_cache: dict[str, torch.Tensor], logits: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_cache: dict[str, torch.Tensor], logits: bool = True,
+                lora: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """tokens [1, N] at positions input_pos [N] (consecutive); returns logits [1, N, vocab] and the
-        new caches, or with `logits=False` the final hidden states [1, N, hidden] instead of logits."""
+        new caches, or with `logits=False` the final hidden states [1, N, hidden] instead of logits.
+        `lora`: swappable LoRA inputs by name (lora_shapes)."""
         full_mask, sliding_mask = self.masks(input_pos, kv_cache["kv_cache_k_0"].shape[2])
         rope = self.rope(input_pos)
         rope_local = self.rope_local(input_pos) if self.rope_local is not None else rope
@@ -113,7 +122,7 @@ class Decoder(nn.Module):
         for i, block in enumerate(self.blocks):
             k, v = f"kv_cache_k_{i}", f"kv_cache_v_{i}"
             mask, block_rope = (sliding_mask, rope_local) if block.sliding else (full_mask, rope)
-            x, new_cache[k], new_cache[v] = block(x, block_rope, mask, kv_cache[k], kv_cache[v], input_pos)
+            x, new_cache[k], new_cache[v] = block(x, block_rope, mask, kv_cache[k], kv_cache[v], input_pos, layer_lora(lora or {}, i))
         hidden = self.norm(x)
         if not logits:
             return {"hidden": hidden, **new_cache}

@@ -8,17 +8,27 @@ import os
 import shutil
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from edgellm.errors import EdgeLLMError
 from edgellm.infra.files import file_digest, inside
 from edgellm.infra.isolated import run_isolated
 from edgellm.infra.reports import StageReport
 from edgellm.kinds import kind_named
-from edgellm.spec.schema import Architecture, ExportSection, ModelSpec
+from edgellm.spec.schema import Architecture, ExportSection, LoraSource, ModelSpec
 from edgellm.text.prompt import PromptSettings
 from edgellm.tflite.metadata import MODEL_FILE
 from edgellm.verify.report import VerifyReport
+
+
+class AdapterSummary(BaseModel):
+    """What fetch records of a merged adapter: where, what it is, and its content's digest (part of every key)."""
+
+    path: str
+    digest: str
+    method: str  # lora, rslora or dora
+    rank: int  # the largest of its layers' ranks
+    layers: int  # adapted linear layers
 
 
 class FetchReport(StageReport):
@@ -28,11 +38,14 @@ class FetchReport(StageReport):
     architecture: Architecture
     prompt: PromptSettings
     output_head: str = ""  # which tensor the output head reads, in a few words ("" without a head)
+    adapters: list[AdapterSummary] = Field(default_factory=list)  # PEFT LoRA adapters merged into the weights, in order
+    lora_sources: dict[str, LoraSource] = Field(default_factory=dict)  # swappable LoRA (export.lora_rank): the tensor each target adapts
 
     def summary(self) -> str:
         arch = self.architecture
         head = f", output head: {self.output_head}" if self.output_head else ""
-        return f"{Path(self.checkpoint_dir).name}: {arch.num_layers} layers, hidden {arch.hidden_size}, vocab {arch.vocab_size}{head}"
+        merged = "".join(f", + {a.method} adapter {Path(a.path).name} (rank {a.rank}, {a.layers} layers)" for a in self.adapters)
+        return f"{Path(self.checkpoint_dir).name}: {arch.num_layers} layers, hidden {arch.hidden_size}, vocab {arch.vocab_size}{head}{merged}"
 
 
 class ConvertReport(StageReport):
@@ -90,9 +103,25 @@ def check_memory(arch: Architecture, export: ExportSection, weights: int) -> Non
         )
 
 
-def fetch(spec: ModelSpec, folder: Path) -> FetchReport:
+def _check_lora(spec: ModelSpec, arch: Architecture, checkpoint, kind, adapters: list[Path]) -> tuple[list[AdapterSummary], dict[str, LoraSource]]:
+    """The adapters to merge, each checked against the checkpoint, and the LoRA inputs' sources."""
+    from edgellm.checkpoint.adapter import adapter_digest, check_adapter, lora_sources, read_peft_adapter
+
+    if (adapters or spec.export.lora_rank) and not kind.takes_lora:
+        raise EdgeLLMError(f"spec {spec.name}: a {kind.name} model takes no LoRA; --adapter and --lora-rank are for decoders")
+    summaries = []
+    for folder in adapters:
+        adapter = read_peft_adapter(folder)
+        check_adapter(adapter, checkpoint)
+        summaries.append(AdapterSummary(path=str(folder), digest=adapter_digest(folder), method=adapter.method, rank=adapter.rank,
+                                        layers=len(adapter.layers)))
+    sources = lora_sources(spec, arch, checkpoint, kind.build, spec.export.lora_targets) if spec.export.lora_rank else {}
+    return summaries, sources
+
+
+def fetch(spec: ModelSpec, folder: Path, adapters: list[Path] = ()) -> FetchReport:
     """Every tensor name and shape, the tokenizer and the memory the model will need, checked
-    before any later stage."""
+    before any later stage; `adapters` (PEFT LoRA folders, merged in order) checked against it."""
     from concurrent.futures import ThreadPoolExecutor
 
     from edgellm.checkpoint.loader import Checkpoint, plan_weights, resolve_output_head
@@ -125,6 +154,7 @@ def fetch(spec: ModelSpec, folder: Path) -> FetchReport:
                 raise EdgeLLMError(f"checkpoint {folder.name}: the {what} token id {token_id} is outside the model's {arch.vocab_size} tokens; {fix}")
         check_memory(arch, spec.export, weight_elements(checkpoint))
         kind.check_export(spec, arch)
+        merged, sources = _check_lora(spec, arch, checkpoint, kind, list(adapters))
         return FetchReport(
             checkpoint_dir=str(folder),
             weight_elements=weight_elements(checkpoint),
@@ -132,23 +162,28 @@ def fetch(spec: ModelSpec, folder: Path) -> FetchReport:
             architecture=arch,
             prompt=prompt,
             output_head=head,
+            adapters=merged,
+            lora_sources=sources,
         )
     finally:
         hashing.shutdown(cancel_futures=True)
 
 
 def load_reauthored(spec: ModelSpec, fetched: FetchReport, mapped: bool = True):
-    """Our model of the fetched checkpoint, every weight loaded (`mapped=False`: as copies)."""
-    from edgellm.checkpoint.loader import Checkpoint, load_model
+    """Our model of the fetched checkpoint (its adapters merged), every weight loaded (`mapped=False`: as copies)."""
+    from edgellm.checkpoint.adapter import open_adapted
+    from edgellm.checkpoint.loader import load_model
 
     kind = kind_named(fetched.architecture.kind)
-    return load_model(spec, fetched.architecture, Checkpoint.open(Path(fetched.checkpoint_dir)), kind.build, mapped=mapped)
+    checkpoint = open_adapted(Path(fetched.checkpoint_dir), [a.path for a in fetched.adapters])
+    return load_model(spec, fetched.architecture, checkpoint, kind.build, mapped=mapped)
 
 
 def verify(spec: ModelSpec, fetched: FetchReport, out: Path) -> VerifyReport:
     """Our model against transformers'; the reference is freed before ours loads."""
     kind = kind_named(fetched.architecture.kind)
-    return kind.verify(spec, fetched.architecture, fetched.prompt, Path(fetched.checkpoint_dir), lambda: load_reauthored(spec, fetched), out)
+    adapters = [Path(a.path) for a in fetched.adapters]
+    return kind.verify(spec, fetched.architecture, fetched.prompt, Path(fetched.checkpoint_dir), lambda: load_reauthored(spec, fetched), out, adapters)
 
 
 def _convert_worker(spec: ModelSpec, fetched: FetchReport, out: Path, log: Path) -> None:

@@ -31,7 +31,7 @@ from edgellm.pipeline import build, package, quantize
 from edgellm.pipeline.runner import Runner, Stage, StageResult
 from edgellm.quantize.recipes import Recipe
 from edgellm.spec.schema import ModelSpec
-from edgellm.tflite.metadata import ModelMetadata, model_metadata
+from edgellm.tflite.metadata import LoraLayout, ModelMetadata, model_metadata
 from edgellm.verify.report import VerifyReport
 
 VERIFY_STAGES = ("fetch", "verify", "convert", "verify-tflite")
@@ -47,6 +47,7 @@ class Pipeline(Runner):
         model: Path | None = None,
         tokenizer: Path | None = None,
         checkpoint: Path | None = None,
+        adapters: tuple[Path, ...] = (),
         token: str | None = None,
         offline: bool | None = None,
         recipe: Recipe | None = None,
@@ -68,6 +69,7 @@ class Pipeline(Runner):
             raise EdgeLLMError(f"model {model} does not exist; pass the path of a .tflite file")
         self.spec, self.model, self.tokenizer = spec, model, tokenizer
         self.checkpoint, self.token, self.offline = checkpoint, token, offline
+        self.adapters = tuple(adapters)  # PEFT LoRA folders merged into the weights, in order
         self.recipe, self.formats, self.output = recipe, tuple(formats), output
         self.calibration = calibration  # text for recipes that calibrate; None: the shipped default
         self.max_ppl_ratio = max_ppl_ratio  # the budget of the search stage
@@ -112,6 +114,7 @@ class Pipeline(Runner):
             "architecture": self.fetched.architecture.model_dump(mode="json"),
             "weights": self.spec.model_dump(mode="json", include={"weights", "ignore_tensors"}),
             "checkpoint": self.fetched.file_digests,
+            "adapters": [adapter.digest for adapter in self.fetched.adapters],
         }
 
     def metadata_and_tokenizer(self) -> tuple[ModelMetadata, Path]:
@@ -130,6 +133,7 @@ class Pipeline(Runner):
             prefill_lengths=converted.prefill_lengths,
             kv_cache_length=converted.kv_cache_length,
             recipe=self.recipe.name if self.recipe is not None else None,
+            lora=LoraLayout(rank=self.spec.export.lora_rank, sources=fetched.lora_sources) if self.spec.export.lora_rank else None,
         )
         return metadata, tokenizer
 
@@ -141,8 +145,11 @@ class Pipeline(Runner):
 
 def _fetch_inputs(p: Pipeline) -> dict:
     folder = p.checkpoint_folder()
+    from edgellm.checkpoint.adapter import adapter_digest
+
     files = sorted(f for f in folder.iterdir() if f.is_file())
-    return {"spec": p.spec.model_dump(mode="json"), "folder": str(folder), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+    return {"spec": p.spec.model_dump(mode="json"), "folder": str(folder), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+            "adapters": [(str(a), adapter_digest(a)) for a in p.adapters]}
 
 
 def _calibrate_inputs(p: Pipeline) -> dict:
@@ -183,7 +190,7 @@ def _export(p: Pipeline, _: Path) -> package.ExportReport:
 
 STAGES: dict[str, Stage] = {
     # fetch's key names the local checkpoint folder (its report, too): it never leaves this machine.
-    "fetch": Stage(lambda p: [], _fetch_inputs, lambda p, _: build.fetch(p.spec, p.checkpoint_folder()), build.FetchReport, ("transformers",),
+    "fetch": Stage(lambda p: [], _fetch_inputs, lambda p, _: build.fetch(p.spec, p.checkpoint_folder(), list(p.adapters)), build.FetchReport, ("transformers",),
                    shared=False),
     "verify": Stage(lambda p: ["fetch"],
                     lambda p: {**p.model_identity(), "verify": p.spec.verify.model_dump(), "bos_id": p.fetched.prompt.bos_id, **p.kind.verify_key(p.spec)},

@@ -81,8 +81,11 @@ class LiteRTModel:
         self.cache_names = [name for name in signatures["decode"]["inputs"] if name.startswith("kv_cache_")]
         self.kv_cache_length = cache_length(details[self.cache_names[0]]["shape"])
         self.vocab_size = int(self._model.get_output_tensor_details("decode")["logits"]["shape"][-1])
+        # Swappable LoRA weights (layers/lora.py): one buffer per input, shared by every signature.
+        self.lora_shapes = {name: tuple(details[name]["shape"]) for name in signatures["decode"]["inputs"] if name.startswith("lora_")}
         with native_output_to():
             self._caches = {name: self._model.create_input_buffer_by_name("decode", name) for name in self.cache_names}
+            self._lora = {name: self._model.create_input_buffer_by_name("decode", name) for name in self.lora_shapes}
             self._io = {sig: self._signature_io(sig, signatures) for sig in [*self.prefill_signatures.values(), "decode"]}
         # Logits for every prefill row: from the prefill itself, or its head_N (edgellm's); else
         # (litert-torch's prefill) from decode steps.
@@ -93,6 +96,7 @@ class LiteRTModel:
         # models do not: None). A greedy loop reads this int instead of taking the arg-max itself.
         self.greedy_pick = None if next_token is None else int32_slots(next_token)
         self.reset()
+        self.set_lora({})
 
     def _signature_io(self, signature: str, signatures: dict) -> _SignatureIO:
         """One signature's arrays and buffers, made once: a decode step only fills them.
@@ -107,7 +111,7 @@ class LiteRTModel:
         width = int(input_details["tokens"]["shape"][-1])
         positions = aligned_zeros(width, np.int32)
         buffer, tokens, is_view = runtime_array(self._model, signature, "tokens", (1, width), np.int32)
-        inputs = {"tokens": buffer, "input_pos": TensorBuffer.create_from_host_memory(positions), **self._caches}
+        inputs = {"tokens": buffer, "input_pos": TensorBuffer.create_from_host_memory(positions), **self._caches, **self._lora}
         tokens_buffer, mask, mask_buffer = None if is_view else buffer, None, None
         if "mask" in input_details:  # litert-torch's layout: the causal mask [1, 1, N, T] is the caller's
             buffer, mask, is_view = runtime_array(self._model, signature, "mask", tuple(input_details["mask"]["shape"]), np.float32)
@@ -138,6 +142,26 @@ class LiteRTModel:
         """Empty the KV cache (a new conversation)."""
         for name, buffer in self._caches.items():
             buffer.write(np.zeros(self._cache_shapes[name], np.float32))
+
+    def set_lora(self, weights: dict[str, np.ndarray]) -> None:
+        """Bind an adapter's LoRA weights, each of its input's full shape (runtime/adapter.py pads them);
+        an input it has none for is zero, so {} runs the base model."""
+        for name, shape in self.lora_shapes.items():
+            self._lora[name].write(np.ascontiguousarray(weights.get(name, np.zeros(shape, np.float32)), np.float32))
+
+    def load_adapter(self, path: Path) -> None:
+        """Bind a LoRA file's weights (tflite/lora_file.py) to the model's LoRA inputs, each of its input's shape."""
+        from edgellm.tflite.lora_file import read_lora_file
+
+        if not self.lora_shapes:
+            raise EdgeLLMError("the model takes no LoRA weights; build it with --lora-rank 16 to run adapters, or merge one with build --adapter")
+        _, weights = read_lora_file(path)
+        for name, tensor in weights.items():
+            shape = self.lora_shapes.get(name)
+            if shape != tensor.shape:
+                found = "is not one of its LoRA inputs" if shape is None else f"is {list(shape)} in the model but {list(tensor.shape)} in the file"
+                raise EdgeLLMError(f"adapter {path}: {name} {found}; write the adapter for this model with `edgellm adapter PEFT_DIR --base MODEL`")
+        self.set_lora(weights)
 
     def run(self, signature: str, tokens: list[int], start: int, logits: bool = True) -> np.ndarray | None:
         """Invoke one signature on `tokens` (its width of them) at positions start..; logits [width, vocab]

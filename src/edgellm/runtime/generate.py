@@ -123,6 +123,10 @@ class Generator:
         self.stop_ids = list(stop_ids) or self.metadata.stop_ids
         self.stop_strings = list(stop_strings) or self.metadata.stop_strings
 
+    def load_adapter(self, adapter: Path) -> None:
+        """Generate with a LoRA file's weights (the model's LoRA inputs; runtime/decoder.py)."""
+        self.litert.load_adapter(adapter)
+
     def prompt_ids(self, prompt: str) -> list[int]:
         """The prompt's ids, after the start token when the model uses one."""
         valid_text(prompt, "the prompt")

@@ -103,6 +103,9 @@ class Seq2SeqGenerator:
         if self.start_id is None or not self.metadata.stop_ids:
             raise EdgeLLMError(f"{model}: its edgellm.json gives no decoder start or EOS id; rebuild it with edgellm build")
 
+    def load_adapter(self, adapter: Path) -> None:
+        raise EdgeLLMError(f"{adapter}: encoder-decoder models take no LoRA adapters; adapters are for decoder-only models")
+
     def prompt_ids(self, text: str) -> list[int]:
         """The encoder input: the text's ids, ended by EOS as T5 tokenizers end every input."""
         return self.tokenizer.encode(valid_text(text, "the prompt")) + [self.metadata.stop_ids[0]]

@@ -247,11 +247,18 @@ class TokenizerSection(_Strict):
         return value
 
 
+LoraTarget = Literal["q", "k", "v", "o"]  # the projections LiteRT-LM feeds LoRA weights to
+
+
 class ExportSection(_Strict):
     prefill_lengths: list[int] = Field(default=[32], min_length=1)
     kv_cache_length: int = Field(default=512, gt=0, le=1 << 20)  # beyond a million positions no phone has the memory
     # Encoders and encoder-decoders: one embed_N / encode_N signature per input length N (decoders ignore it).
     sequence_lengths: list[int] = Field(default=[128], min_length=1)
+    # Swappable LoRA (decoders): the signatures also take LoRA weights of this rank for these attention
+    # projections as inputs, in LiteRT-LM's convention (layers/lora.py); None: no LoRA inputs.
+    lora_rank: int | None = Field(default=None, gt=0, le=1024)
+    lora_targets: list[LoraTarget] = Field(default=["q", "k", "v", "o"], min_length=1)
 
     @model_validator(mode="after")
     def _prefill_fits(self) -> ExportSection:
@@ -261,6 +268,8 @@ class ExportSection(_Strict):
             lengths = getattr(self, name)
             if len(set(lengths)) != len(lengths) or min(lengths) <= 0:
                 raise ValueError(f"{name} must be positive and must not repeat")
+        if len(set(self.lora_targets)) != len(self.lora_targets):
+            raise ValueError("lora_targets must not repeat")
         return self
 
 
@@ -269,6 +278,14 @@ class VerifySection(_Strict):
     max_abs_logit_diff: float = Field(default=1e-3, gt=0)
     min_top1_agreement: float = Field(default=1.0, ge=0, le=1)
     min_cosine: float = Field(default=0.9999, ge=-1, le=1)  # encoders: pooled embeddings against the reference
+
+
+class LoraSource(_Strict):
+    """The checkpoint tensor a LoRA target's projection reads (`{layer}` in its name), and its rows
+    when the checkpoint fuses several projections in one tensor (Phi-3's qkv_proj)."""
+
+    tensor: str
+    rows: tuple[int, int] | None = None
 
 
 class TensorRule(_Strict):

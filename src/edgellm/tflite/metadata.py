@@ -9,14 +9,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from edgellm.errors import EdgeLLMError
 from edgellm.infra.files import inside, read_json, write_json
+from edgellm.spec.schema import LoraSource
 from edgellm.text.prompt import PromptSettings
 
 METADATA_FILE = "edgellm.json"
 MODEL_FILE = "model.tflite"  # the name edgellm gives the models it writes (in the cache and in -o folders)
+
+
+class LoraLayout(BaseModel):
+    """A model built with LoRA inputs (export.lora_rank): their rank, and the checkpoint tensor each
+    target adapts, which `edgellm adapter` matches a PEFT adapter's layers against."""
+
+    rank: int
+    sources: dict[str, LoraSource]
 
 
 class ModelMetadata(PromptSettings):
@@ -26,6 +35,7 @@ class ModelMetadata(PromptSettings):
     prefill_lengths: list[int] = Field(default_factory=list)
     kv_cache_length: int | None = None
     recipe: str | None = None  # the quantization recipe, if any
+    lora: LoraLayout | None = None  # swappable LoRA inputs, if built with them
 
     def write(self, folder: Path) -> Path:
         path = folder / METADATA_FILE

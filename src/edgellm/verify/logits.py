@@ -47,11 +47,27 @@ def load_reference(checkpoint_dir: Path, mapping: str):
         raise EdgeLLMError(f"transformers cannot load {checkpoint_dir} as the reference ({str(exc).splitlines()[0]})") from None
 
 
-def reference_logits(checkpoint_dir: Path, tokens: list[int]) -> np.ndarray:
-    """Logits [len(tokens), vocab] of the original `transformers` model, in float32."""
+def with_adapters(model, adapters: list[Path]):
+    """`model` with PEFT LoRA `adapters` applied by peft itself, in order: each but the last merged
+    (peft's merge_and_unload), the last one live (peft's own forward)."""
+    if not adapters:
+        return model
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise EdgeLLMError("verifying an adapter needs peft, the reference that applies it: pip install 'edgellm[adapters]'") from None
+    for i, adapter in enumerate(adapters):
+        model = PeftModel.from_pretrained(model, str(adapter)).eval()
+        if i < len(adapters) - 1:
+            model = model.merge_and_unload()
+    return model
+
+
+def reference_logits(checkpoint_dir: Path, tokens: list[int], adapters: list[Path] = ()) -> np.ndarray:
+    """Logits [len(tokens), vocab] of the original `transformers` model (with `adapters` applied by peft), in float32."""
     import torch
 
-    model = load_reference(checkpoint_dir, "MODEL_FOR_CAUSAL_LM_MAPPING")
+    model = with_adapters(load_reference(checkpoint_dir, "MODEL_FOR_CAUSAL_LM_MAPPING"), list(adapters))
     with torch.no_grad():
         return model(torch.tensor([tokens])).logits[0].float().numpy()
 
