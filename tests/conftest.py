@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO.parent / "shared" / "assets"
 DEMO = SPECS.parent / "demo" / "stories260K"
 EXPECTED_GREEDY = "checkpoints/stories260K-llama2c/expected_greedy_200steps.txt"
+# Real trained checkpoints, fetched by ../shared/tools/get_real_models.sh (make install).
+REAL_SMOLLM2 = Path(os.environ.get("EDGELLM_REAL_MODELS", Path.home() / ".cache" / "edgellm-real-models")) / "smollm2-135m-instruct"
 
 
 def asset(relative: str) -> Path:

@@ -3,21 +3,18 @@ for what LiteRT-LM sends, the bundle pre-flight and `edgellm check` catch what w
 LiteRT-LM's Conversation API answers as `edgellm chat` does on the same model."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ASSETS, SPECS, run_cli
+from conftest import ASSETS, REAL_SMOLLM2, SPECS, run_cli
 from tiny_models import make_tiny_checkpoint
 
 from edgellm.errors import EdgeLLMError
 from edgellm.text.chat_template import render_chat
 from edgellm.text.litert_template import PROBE_CONVERSATIONS, adapt_for_litert_lm, as_parts, render_litert_lm, turn_tail
 from edgellm.text.tokenizer import load_tokenizer
-
-REAL_SMOLLM2 = Path(os.environ.get("EDGELLM_REAL_MODELS", Path.home() / ".cache" / "edgellm-real-models")) / "smollm2-135m-instruct"
 
 CONVERSATION = """
 import json, sys, litert_lm as lm

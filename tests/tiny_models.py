@@ -100,8 +100,8 @@ def make_tiny_adapter(checkpoint: Path, folder: Path, targets: list[str], rank: 
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    torch.manual_seed(seed)  # lora_A's initialisation too
     peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, **lora))
-    torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name or "lora_magnitude_vector" in name:

@@ -78,28 +78,36 @@ def _signature_check(model: bytes) -> tuple[Check, Check]:
     caches = [name for name in decode.inputs if name.startswith("kv_cache_")]
     prefill = sorted((name for name in signatures if name.startswith("prefill_")), key=lambda n: int(n.removeprefix("prefill_")))
     length = cache_length(decode.shapes[caches[0]])
-    return (Check("signatures", True, ", ".join([*prefill, "decode"])), Check("kv cache", True, f"{length} positions, {len(caches) // 2} layers"))
+    lora = [decode.shapes[name][1] for name in decode.inputs if name.startswith("lora_") and "_a_prime_" in name]
+    inputs = f"; rank-{lora[0]} LoRA inputs (load an adapter, or the zero one, per conversation)" if lora else ""
+    return (Check("signatures", True, ", ".join([*prefill, "decode"]) + inputs), Check("kv cache", True, f"{length} positions, {len(caches) // 2} layers"))
 
 
 ENGINE = """
 import json, sys, litert_lm as lm
 lm.set_min_log_severity(lm.LogSeverity.ERROR)
 engine = lm.Engine(sys.argv[1], backend=lm.Backend.CPU(), cache_dir=sys.argv[2])
-conversation = engine.create_conversation(sampler_config=lm.SamplerConfig(top_k=1), max_output_tokens=int(sys.argv[3]))
+lora = lm.LoraConfig(lora_path=sys.argv[5]) if len(sys.argv) > 5 else None
+conversation = engine.create_conversation(sampler_config=lm.SamplerConfig(top_k=1), max_output_tokens=int(sys.argv[3]), lora_config=lora)
 reply = conversation.send_message(sys.argv[4]).to_json()
 content = reply.get("content", "")
 print(json.dumps(content if isinstance(content, str) else "".join(p.get("text", "") for p in content)))
 """
 
 
-def engine_generation(path: Path, prompt: str = "Hello!", max_tokens: int = 8, timeout: int = 300) -> Check:
-    """A short greedy reply through LiteRT-LM's Conversation API (its own process: native logs, crashes)."""
+def engine_generation(path: Path, model: bytes, prompt: str = "Hello!", max_tokens: int = 8, timeout: int = 300) -> Check:
+    """A short greedy reply through LiteRT-LM's Conversation API (its own process: native logs, crashes).
+    A model with LoRA inputs runs with the all-zero LoRA file: LiteRT-LM 0.18 binds nothing to them otherwise."""
+    from edgellm.tflite.lora_file import write_zero_lora_file
+
     try:
         import litert_lm  # noqa: F401
     except ImportError:
         return Check("generation", True, "skipped: install litert-lm-api to run LiteRT-LM's engine")
     with tempfile.TemporaryDirectory() as cache:
-        done = subprocess.run([sys.executable, "-c", ENGINE, str(path), cache, str(max_tokens), prompt],
+        (Path(cache) / "model.tflite").write_bytes(model)
+        lora = [str(Path(cache) / "zero-lora.tflite")] if write_zero_lora_file(Path(cache) / "model.tflite", Path(cache) / "zero-lora.tflite") else []
+        done = subprocess.run([sys.executable, "-c", ENGINE, str(path), cache, str(max_tokens), prompt, *lora],
                               check=False, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         errors = [line for line in done.stderr.splitlines() if "Failed" in line or "Error" in line]
@@ -133,7 +141,7 @@ def check_litertlm(path: Path, generate: bool = True) -> dict:
         checks.append(Check("model type", True, llm.llm_model_type.WhichOneof("model_type") or "unset (generic)"))
         checks.append(_template_check(llm.jinja_prompt_template))
     if generate and all(c.ok for c in checks):
-        checks.append(engine_generation(path))
+        checks.append(engine_generation(path, sections["model"]))
     return {"format": "litertlm", "path": str(path), "checks": [c.as_json() for c in checks], "ok": all(c.ok for c in checks)}
 
 

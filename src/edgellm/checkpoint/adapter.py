@@ -22,7 +22,7 @@ import torch
 from edgellm.checkpoint.loader import Checkpoint, open_tensor_file, plan_weights
 from edgellm.errors import EdgeLLMError
 from edgellm.infra.files import file_digest
-from edgellm.layers.lora import lora_input_name
+from edgellm.layers.lora import TARGETS, lora_input_name
 from edgellm.spec.schema import Architecture, LoraSource, ModelSpec
 
 CONFIG_FILE = "adapter_config.json"
@@ -215,7 +215,7 @@ def swappable_weights(adapter: PeftAdapter, sources: dict[str, LoraSource], shap
         found = [(target, m) for target, pattern in patterns.items() if (m := pattern.fullmatch(tensor))]
         if not found:
             raise EdgeLLMError(f"adapter {adapter.folder}: adapts {tensor}, which the model's LoRA inputs do not reach (they feed "
-                               f"{', '.join(sources)} attention projections); merge it with `edgellm build --adapter`")
+                               f"{', '.join(t for t in TARGETS if t in sources)} attention projections); merge it with `edgellm build --adapter`")
         for target, match in found:  # a fused tensor feeds several targets, each its rows of B
             layer = int(match[1])
             a_name, b_name = lora_input_name(target, "a", layer), lora_input_name(target, "b", layer)

@@ -76,23 +76,29 @@ def check_bundle(path, no_generate, adapter, as_json) -> None:
 
 
 @click.command("adapter", epilog="\b\nExamples:\n  edgellm adapter ./my-lora --base build/smollm2-lora/model.tflite -o my-lora.tflite\n"
+               "  edgellm adapter --zero --base build/smollm2-lora/model.tflite -o base.tflite\n"
                "  edgellm run build/smollm2-lora/model.tflite --adapter my-lora.tflite --prompt 'Hi'")
-@click.argument("peft_dir", type=click.Path(path_type=Path))
+@click.argument("peft_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--base", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The model.tflite or .litertlm edgellm built with --lora-rank (its edgellm.json beside it).")
+@click.option("--zero", is_flag=True, help="Write the all-zero LoRA file instead: the base model, for a LiteRT-LM conversation without an adapter.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The LoRA file to write.")
 @json_option()
-def adapter(peft_dir, base, output, as_json) -> None:
+def adapter(peft_dir, base, zero, output, as_json) -> None:
     """Write PEFT_DIR (a PEFT LoRA adapter) as the LoRA file LiteRT-LM loads per conversation for BASE.
 
     Its layers become BASE's LoRA inputs (A scaled by alpha / r, transposed), zero-padded to BASE's rank.
     `edgellm run/chat MODEL --adapter FILE` runs it; `edgellm check BUNDLE --adapter FILE` proves it takes effect.
+    LiteRT-LM 0.18 binds nothing to LoRA inputs in a conversation that loads no LoRA file: give those --zero's file.
     """
     from edgellm.bundle.adapter import write_adapter
+    from edgellm.errors import EdgeLLMError
 
+    if (peft_dir is None) == (not zero):
+        raise EdgeLLMError("pass either a PEFT adapter folder or --zero (the base model's all-zero LoRA file)")
     report = write_adapter(peft_dir, base, output)
     if as_json:
         emit_json(report.model_dump())
         return
-    click.echo(f"{output}: {report.method} rank {report.rank} (padded to {report.model_rank}), {report.layers} layers, "
-               f"{report.tensors} tensors, {report.size_bytes / 1e6:.2f} MB")
+    kind = "all-zero (the base model)" if zero else f"{report.method} rank {report.rank} (padded to {report.model_rank}), {report.layers} layers"
+    click.echo(f"{output}: {kind}, {report.tensors} tensors, {report.size_bytes / 1e6:.2f} MB")

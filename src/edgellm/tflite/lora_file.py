@@ -102,3 +102,17 @@ def read_lora_file(path: Path) -> tuple[int, dict[str, np.ndarray]]:
     if rank is None:
         raise damaged(f"no {RANK_METADATA} metadata")
     return rank, tensors
+
+
+def write_zero_lora_file(model: Path, out: Path) -> bool:
+    """The all-zero LoRA file of a `.tflite`'s LoRA inputs at `out` (the base model, in LiteRT-LM); False
+    for a model without LoRA inputs."""
+    from edgellm.tflite.file import read_signatures
+
+    decode = read_signatures(model)["decode"]
+    shapes = {name: decode.shapes[name] for name in decode.inputs if name.startswith("lora_")}
+    if not shapes:
+        return False
+    rank = next(shape[1] for name, shape in shapes.items() if "_a_prime_" in name)  # A' is [in, rank]
+    write_lora_file(out, {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}, rank)
+    return True
