@@ -22,7 +22,7 @@ from edgellm import __version__
 from edgellm.bundle.formats import FORMATS
 from edgellm.bundle.inputs import BundleReport
 from edgellm.errors import EdgeLLMError
-from edgellm.infra.cache import ArtifactCache
+from edgellm.infra.cache import ArtifactCache, library_versions
 from edgellm.infra.files import file_digest
 from edgellm.infra.heap import map_large_allocations
 from edgellm.kinds import kind_named
@@ -152,6 +152,12 @@ def _fetch_inputs(p: Pipeline) -> dict:
             "adapters": [(str(a), adapter_digest(a)) for a in p.adapters]}
 
 
+def _verify_inputs(p: Pipeline) -> dict:
+    # peft applies the adapters in the reference: its version shapes only builds that have some.
+    reference = {"peft": library_versions(("peft",))} if p.fetched.adapters else {}
+    return {**p.model_identity(), "verify": p.spec.verify.model_dump(), "bos_id": p.fetched.prompt.bos_id, **p.kind.verify_key(p.spec), **reference}
+
+
 def _calibrate_inputs(p: Pipeline) -> dict:
     from edgellm.quantize.calibration import DEFAULT_WINDOWS, read_calibration_text
 
@@ -193,7 +199,7 @@ STAGES: dict[str, Stage] = {
     "fetch": Stage(lambda p: [], _fetch_inputs, lambda p, _: build.fetch(p.spec, p.checkpoint_folder(), list(p.adapters)), build.FetchReport, ("transformers",),
                    shared=False),
     "verify": Stage(lambda p: ["fetch"],
-                    lambda p: {**p.model_identity(), "verify": p.spec.verify.model_dump(), "bos_id": p.fetched.prompt.bos_id, **p.kind.verify_key(p.spec)},
+                    _verify_inputs,
                     lambda p, out: build.verify(p.spec, p.fetched, out), VerifyReport, ("torch", "transformers")),
     "convert": Stage(lambda p: ["fetch"], lambda p: {**p.model_identity(), "export": p.spec.export.model_dump()},
                      lambda p, out: build.convert(p.spec, p.fetched, out, p.cache.root), build.ConvertReport, ("torch", "litert-torch"),
