@@ -1,6 +1,8 @@
 """Every shipped spec against its architecture's real transformers class, on tiny random checkpoints:
 the re-authored model, then the converted .tflite; and `spec init` drafts that build unedited."""
 
+import json
+
 import pytest
 import torch
 from conftest import SPECS, asset, run_cli
@@ -119,3 +121,23 @@ def test_a_layernorm_model_stores_each_weight_once(tmp_path):
     inspected = inspect_tflite(pipeline.result("convert").file)
     assert inspected["duplicate_weight_bytes"] == 0
     assert inspected["size_bytes"] < 1.05 * (folder / "model.safetensors").stat().st_size
+
+
+# The families added for the models shipped to phones in 2025-26 (issue #26), each bundled and run in LiteRT-LM's engine.
+NEW_FAMILIES = ["granite-3.3-2b", "olmo-2-1b", "olmo-3-7b", "smollm3-3b"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NEW_FAMILIES)
+def test_new_family_bundle_writes_the_same_text_in_litert_lm_as_edgellm_run(name, tmp_path):
+    pytest.importorskip("litert_lm", reason="litert-lm-api is a dev extra: make install")
+    from edgellm.bundle.adapter import engine_texts
+
+    spec = load_spec(SPECS / f"{name}.yaml")
+    folder = make_tiny_checkpoint(name, tmp_path / "ckpt", spec.tokenizer.file)
+    out = tmp_path / "out"
+    result = run_cli("build", "--spec", name, "--checkpoint", str(folder), "--bundle", "litertlm", "-o", str(out), cache=tmp_path / "cache")
+    assert result.code == 0, result.stderr
+    ours = run_cli("run", str(out / "model.tflite"), "--prompt", "the king", "--max-tokens", "32", "--json", cache=tmp_path / "cache")
+    assert ours.code == 0, ours.stderr
+    assert engine_texts(out / f"{name}.litertlm", [None], "the king", 32) == [json.loads(ours.stdout)["text"]]

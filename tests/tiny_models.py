@@ -44,6 +44,8 @@ TINY = {
     "mistral-7b-v0.1": ("Mistral", {"head_dim": 16, "sliding_window": WINDOW}),
     "smollm3-3b": ("SmolLM3", {"tie_word_embeddings": True, "no_rope_layers": [1, 0, 1]}),
     "olmo-2-1b": ("Olmo2", {"tie_word_embeddings": False}),
+    "olmo-3-7b": ("Olmo3", {"tie_word_embeddings": False, "sliding_window": WINDOW,
+                            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}),
     "granite-3.3-2b": ("Granite", {"tie_word_embeddings": True, "embedding_multiplier": 12.0, "residual_multiplier": 0.22,
                                    "attention_multiplier": 0.015625, "logits_scaling": 2.0}),  # real ones divide by 8: 2 keeps a trained spread here
 }

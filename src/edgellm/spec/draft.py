@@ -27,6 +27,7 @@ FAMILY_SPECS = {
     "Phi3ForCausalLM": "_hf-phi3.yaml",
     "SmolLM3ForCausalLM": "_hf-smollm3.yaml",
     "Olmo2ForCausalLM": "_hf-olmo2.yaml",
+    "Olmo3ForCausalLM": "_hf-olmo2.yaml",  # OLMo 2's blocks; its sliding-window layers come from config.json
     "GraniteForCausalLM": "_hf-granite.yaml",
     "BertModel": "_hf-bert.yaml",
     "T5ForConditionalGeneration": "_hf-t5.yaml",
