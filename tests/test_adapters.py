@@ -156,9 +156,11 @@ def test_check_proves_the_adapter_takes_effect(swappable):
 
 
 @pytest.mark.slow
-def test_quantized_base_runs_a_float_adapter_in_edgellm_and_litert_lm(swappable, tmp_path):
+@pytest.mark.parametrize("recipe", ["int8-dynamic", "int4"])
+def test_quantized_base_runs_a_float_adapter_in_edgellm_and_litert_lm(swappable, tmp_path, recipe):
+    """Calibration (int4's GPTQ) runs the base model: LoRA inputs zero."""
     _, checkpoint, _, files = swappable
-    out = swappable_build(tmp_path, checkpoint, "--recipe", "int8-dynamic")
+    out = swappable_build(tmp_path, checkpoint, "--recipe", recipe)
     ours = run_text(out / "model.tflite", tmp_path / "cache", "--adapter", str(files[0]))
     assert engine_texts(out / "smollm2-135m.litertlm", [files[0]], "the king", 32) == [ours]
 

@@ -107,11 +107,14 @@ def capture_hessians(model_path: Path, windows: list[list[int]], signature: str)
     interpreter = tensor_keeping_interpreter(model_path)
     runner = interpreter.get_signature_runner(signature)
     inputs = runner.get_input_details()
-    unknown = set(inputs) - {"tokens", "input_pos"} - {name for name in inputs if name.startswith("kv_cache")}
+    state = {name: detail for name, detail in inputs.items() if name.startswith(("kv_cache", "lora_"))}
+    unknown = set(inputs) - {"tokens", "input_pos"} - set(state)
     if unknown:
-        raise EdgeLLMError(f"{model_path.name}: calibration drives signatures with tokens, input_pos and KV caches; {signature} also takes {sorted(unknown)}")
+        raise EdgeLLMError(f"{model_path.name}: calibration drives signatures with tokens, input_pos, KV caches and LoRA inputs; "
+                           f"{signature} also takes {sorted(unknown)}")
     head = head_runner(interpreter, signature)
-    caches = {name: np.zeros(d["shape"], d["dtype"]) for name, d in inputs.items() if name.startswith("kv_cache")}
+    # Empty caches, and zero LoRA weights: the base model, which every adapter is added to.
+    caches = {name: np.zeros(detail["shape"], detail["dtype"]) for name, detail in state.items()}
     # Weights that read the same activation (q, k and v; gate and up) share one Hessian.
     weights, indices = weight_readers(model_path, signature, *([head_signature(signature)] if head else []))
     readers: dict[tuple[int, int], list[int]] = {}  # (subgraph, activation tensor): weight buffers
