@@ -41,9 +41,12 @@ SHAPES = {
     "gemma-2-2b": ("Gemma2", {"vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26, "num_attention_heads": 8,
                                   "num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 8192, "query_pre_attn_scalar": 256,
                                   "sliding_window": 4096, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "tie_word_embeddings": True}),
+    # SmolLM3-3B: every fourth layer without RoPE (transformers' default no_rope_layer_interval).
+    "smollm3-3b": ("SmolLM3", {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
+                                   "num_key_value_heads": 4, "max_position_embeddings": 65536, "tie_word_embeddings": True}),
 }
 # Shapes above a billion parameters are written in bfloat16, as their real checkpoints are (W still counts float32).
-BFLOAT16 = {"qwen2.5-1.5b", "gemma-2-2b"}
+BFLOAT16 = {"qwen2.5-1.5b", "gemma-2-2b", "smollm3-3b"}
 TOKENIZERS = REPO.parent / "shared" / "assets" / "tokenizers"
 
 

@@ -326,3 +326,20 @@ def test_real_adapter_swaps_in_litert_lm_as_in_edgellm_run(real_adapter):
     assert run_cli("adapter", str(peft_dir), "--base", str(out / "smollm2-135m.litertlm"), "-o", str(adapter), cache=root / "cache").code == 0
     ours = run_text(out / "model.tflite", root / "cache", "--adapter", str(adapter), prompt="ROMEO:")
     assert engine_texts(out / "smollm2-135m.litertlm", [adapter], "ROMEO:", 32) == [ours]
+
+
+def test_the_adapters_content_is_part_of_the_cache_key(stories_adapter, tmp_path):
+    """A retrained adapter in the same folder is another model: fetch and every later stage get new keys."""
+    from safetensors.torch import load_file, save_file
+
+    spec, cache = load_spec(SPECS / "stories260k.yaml"), ArtifactCache(tmp_path / "cache")
+    adapter = tmp_path / "adapter"
+    shutil.copytree(stories_adapter, adapter)
+    keys = lambda: [Pipeline(spec, adapters=(adapter,), cache=cache).key(stage) for stage in ("fetch", "convert")]
+    before, plain = keys(), Pipeline(spec, cache=cache).key("convert")
+    weights = load_file(adapter / "adapter_model.safetensors")
+    name = min(n for n in weights if "lora_B" in n)
+    weights[name] = weights[name] + 1
+    save_file(weights, adapter / "adapter_model.safetensors")
+    after = keys()
+    assert before[0] != after[0] and before[1] != after[1] and plain not in (before[1], after[1])

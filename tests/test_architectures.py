@@ -129,7 +129,8 @@ NEW_FAMILIES = ["granite-3.3-2b", "olmo-2-1b", "olmo-3-7b", "smollm3-3b"]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NEW_FAMILIES)
-def test_new_family_bundle_writes_the_same_text_in_litert_lm_as_edgellm_run(name, tmp_path):
+def test_new_family_bundles_for_litert_lm_and_quantizes(name, tmp_path):
+    """LiteRT-LM's engine writes edgellm run's text; int8-dynamic and int4 build, load and run."""
     pytest.importorskip("litert_lm", reason="litert-lm-api is a dev extra: make install")
     from edgellm.bundle.adapter import engine_texts
 
@@ -141,3 +142,9 @@ def test_new_family_bundle_writes_the_same_text_in_litert_lm_as_edgellm_run(name
     ours = run_cli("run", str(out / "model.tflite"), "--prompt", "the king", "--max-tokens", "32", "--json", cache=tmp_path / "cache")
     assert ours.code == 0, ours.stderr
     assert engine_texts(out / f"{name}.litertlm", [None], "the king", 32) == [json.loads(ours.stdout)["text"]]
+    for recipe in ("int8-dynamic", "int4"):  # quantized, each loads and generates (int4: GPTQ-calibrated)
+        quantized = out / f"model-{recipe}.tflite"
+        done = run_cli("quantize", str(out / "model.tflite"), "--recipe", recipe, "-o", str(quantized), cache=tmp_path / "cache")
+        assert done.code == 0, done.stderr
+        done = run_cli("run", str(quantized), "--prompt", "the king", "--max-tokens", "8", "--json", cache=tmp_path / "cache")
+        assert done.code == 0 and json.loads(done.stdout)["prompt_tokens"] > 0, done.stderr
