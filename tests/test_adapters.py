@@ -77,10 +77,9 @@ def test_merged_greedy_through_the_tflite_equals_peft_generate(merged):
     assert moved > 0.5, "the adapters hardly change the model: the comparison would prove nothing"
 
 
-def swappable_build(root: Path, checkpoint: Path, *extra: str) -> Path:
-    out = root / "out"
+def swappable_build(out: Path, cache: Path, checkpoint: Path, *extra: str) -> Path:
     result = run_cli("build", "--spec", "smollm2-135m", "--checkpoint", str(checkpoint), "--lora-rank", "16", "--bundle", "litertlm",
-                     "-o", str(out), *extra, cache=root / "cache")
+                     "-o", str(out), *extra, cache=cache)
     assert result.code == 0, result.stderr
     return out
 
@@ -90,7 +89,7 @@ def swappable(tmp_path_factory):
     """Tiny SmolLM2 built with rank-16 LoRA inputs and bundled, and two attention adapters (ranks 4 and 8) as LoRA files."""
     root = tmp_path_factory.mktemp("swappable")
     checkpoint = make_tiny_checkpoint("smollm2-135m", root / "ckpt", "tokenizer.json")
-    out = swappable_build(root, checkpoint)
+    out = swappable_build(root / "out", root / "cache", checkpoint)
     files = []
     for seed, rank in ((1, 4), (2, 8)):
         peft_dir = make_tiny_adapter(checkpoint, root / f"peft{seed}", ATTENTION, rank=rank, seed=seed)
@@ -159,9 +158,9 @@ def test_check_proves_the_adapter_takes_effect(swappable):
 @pytest.mark.parametrize("recipe", ["int8-dynamic", "int4"])
 def test_quantized_base_runs_a_float_adapter_in_edgellm_and_litert_lm(swappable, tmp_path, recipe):
     """Calibration (int4's GPTQ) runs the base model: LoRA inputs zero."""
-    _, checkpoint, _, files = swappable
-    out = swappable_build(tmp_path, checkpoint, "--recipe", recipe)
-    ours = run_text(out / "model.tflite", tmp_path / "cache", "--adapter", str(files[0]))
+    root, checkpoint, _, files = swappable
+    out = swappable_build(tmp_path / "out", root / "cache", checkpoint, "--recipe", recipe)  # the float build's conversion, cached
+    ours = run_text(out / "model.tflite", root / "cache", "--adapter", str(files[0]))
     assert engine_texts(out / "smollm2-135m.litertlm", [files[0]], "the king", 32) == [ours]
 
 
