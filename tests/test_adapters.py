@@ -342,3 +342,18 @@ def test_the_adapters_content_is_part_of_the_cache_key(stories_adapter, tmp_path
     save_file(weights, adapter / "adapter_model.safetensors")
     after = keys()
     assert before[0] != after[0] and before[1] != after[1] and plain not in (before[1], after[1])
+
+
+def test_runs_from_position_0_drive_a_lora_model_as_its_base(stories_lora, stories_build):
+    """Calibration, the search's scores and the error overlay run signatures from an empty state: on a
+    LoRA build, zero LoRA weights, so the scores are the plain build's."""
+    from edgellm.quantize.calibration import capture_hessians
+    from edgellm.quantize.overlays import error_overlay
+    from edgellm.quantize.search import score_windows
+
+    plain = stories_build.output / "model.tflite"
+    windows = [[1, *range(40, 71)], [1, *range(300, 331)]]
+    assert score_windows(stories_lora, windows, "prefill_32")[0] == pytest.approx(score_windows(plain, windows, "prefill_32")[0], rel=1e-5)
+    assert capture_hessians(stories_lora, windows, "prefill_32")
+    errors = error_overlay(stories_lora, stories_lora, windows[0], "prefill_32")["prefill_32"]  # op names match within one graph only
+    assert len(errors) > 100 and max(errors.values()) == 0.0

@@ -102,19 +102,18 @@ def capture_hessians(model_path: Path, windows: list[list[int]], signature: str)
     output head (`head_N`, where the prefill gives hidden states)."""
     import torch
 
-    from edgellm.tflite.file import head_runner, head_signature
+    from edgellm.tflite.file import empty_state, head_runner, head_signature
 
     interpreter = tensor_keeping_interpreter(model_path)
     runner = interpreter.get_signature_runner(signature)
     inputs = runner.get_input_details()
-    state = {name: detail for name, detail in inputs.items() if name.startswith(("kv_cache", "lora_"))}
-    unknown = set(inputs) - {"tokens", "input_pos"} - set(state)
+    # Empty caches, and zero LoRA weights: the base model, which every adapter is added to.
+    caches = empty_state({name: tuple(detail["shape"]) for name, detail in inputs.items()})
+    unknown = set(inputs) - {"tokens", "input_pos"} - set(caches)
     if unknown:
         raise EdgeLLMError(f"{model_path.name}: calibration drives signatures with tokens, input_pos, KV caches and LoRA inputs; "
                            f"{signature} also takes {sorted(unknown)}")
     head = head_runner(interpreter, signature)
-    # Empty caches, and zero LoRA weights: the base model, which every adapter is added to.
-    caches = {name: np.zeros(detail["shape"], detail["dtype"]) for name, detail in state.items()}
     # Weights that read the same activation (q, k and v; gate and up) share one Hessian.
     weights, indices = weight_readers(model_path, signature, *([head_signature(signature)] if head else []))
     readers: dict[tuple[int, int], list[int]] = {}  # (subgraph, activation tensor): weight buffers

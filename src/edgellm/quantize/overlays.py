@@ -27,7 +27,7 @@ from edgellm.quantize.calibration import (
     tensor_keeping_interpreter,
     widest_prefill,
 )
-from edgellm.tflite.file import buffer_data
+from edgellm.tflite.file import buffer_data, empty_state
 
 Values = dict[str, dict[str, float]]  # graph id -> output tensor name -> value
 # Low values pale, high values deep red: the worst op is the one to look at.
@@ -80,7 +80,7 @@ def _outputs_on(model: Path, signature: str, tokens: list[int]) -> dict[str, np.
     """Every op output of `signature`'s subgraph, by tensor name, after one prefill of `tokens`."""
     interpreter = tensor_keeping_interpreter(model)
     runner = interpreter.get_signature_runner(signature)
-    caches = {name: np.zeros(d["shape"], d["dtype"]) for name, d in runner.get_input_details().items() if name.startswith("kv_cache")}
+    caches = empty_state({name: tuple(detail["shape"]) for name, detail in runner.get_input_details().items()})
     runner(tokens=np.array([tokens], np.int32), input_pos=np.arange(len(tokens), dtype=np.int32), **caches)
     found = {}
     for graph, index, _, outputs, subgraph, _ in _ops(model):

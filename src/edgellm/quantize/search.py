@@ -125,11 +125,11 @@ def score_windows(model: bytes | Path, windows: list[list[int]], signature: str,
     mean KL from `reference` (log-probabilities per window); and these log-probabilities (float16)."""
     from edgellm.measure.evaluate import log_softmax
     from edgellm.runtime.litert import Signatures
-    from edgellm.tflite.file import head_signature
+    from edgellm.tflite.file import empty_state, head_signature
 
     runner = Signatures(model, os.cpu_count())
     head = head_signature(signature) if head_signature(signature) in runner.names() else None
-    caches = {name: np.zeros(shape, np.float32) for name, shape in runner.input_shapes(signature).items() if name.startswith("kv_cache")}
+    caches = empty_state(runner.input_shapes(signature))
     nll, kl, count, logps = 0.0, 0.0, 0, []
     for i, window in enumerate(windows):
         out = runner(signature, tokens=np.array([window], np.int32), input_pos=np.arange(len(window), dtype=np.int32), **caches)

@@ -154,6 +154,14 @@ def head_runner(interpreter, prefill: str):
     return interpreter.get_signature_runner(head) if head in interpreter.get_signature_list() else None
 
 
+def empty_state(input_shapes: dict[str, tuple[int, ...]]):
+    """The inputs beside tokens and positions for a run from position 0 of the base model: empty
+    KV caches (`kv_cache_*`) and zero swappable LoRA weights (`lora_*`), float32 by name."""
+    import numpy as np
+
+    return {name: np.zeros(shape, np.float32) for name, shape in input_shapes.items() if name.startswith(("kv_cache", "lora_"))}
+
+
 def check_generative(path: Path) -> dict[str, Signature]:
     """A sound model with what generation needs: prefill_N and decode signatures taking tokens,
     positions and KV-cache tensors, decode giving logits (a prefill may give none: LiteRT-LM reads
