@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from edgellm.bundle.check import read_litertlm, section_tokenizer
+from edgellm.bundle.check import engine_error, read_litertlm, section_tokenizer
 from edgellm.bundle.preflight import Check
 from edgellm.errors import EdgeLLMError
 from edgellm.tflite.file import read_signatures
+from edgellm.tflite.lora_file import lora_input_shapes
 from edgellm.tflite.metadata import MODEL_FILE, ModelMetadata, read_metadata
 
 
@@ -51,18 +52,18 @@ def lora_layout(base: Path) -> tuple[ModelMetadata, dict[str, tuple[int, ...]]]:
                            "rebuild it with `edgellm build ... --lora-rank 16`")
     with tempfile.TemporaryDirectory() as scratch:
         decode = read_signatures(_model_file(base, Path(scratch)))["decode"]
-    return metadata, {name: tuple(decode.shapes[name]) for name in decode.inputs if name.startswith("lora_")}
+    return metadata, lora_input_shapes(decode)
 
 
 def write_adapter(peft_dir: Path | None, base: Path, out: Path) -> AdapterReport:
     """`peft_dir` as a LoRA file for `base`, zero-padded to its rank (None: the all-zero file, the base
     model itself); nothing is written on a refusal."""
     from edgellm.checkpoint.adapter import read_peft_adapter, swappable_weights
-    from edgellm.tflite.lora_file import write_lora_file
+    from edgellm.tflite.lora_file import write_lora_file, zero_weights
 
     metadata, shapes = lora_layout(base)
     if peft_dir is None:
-        weights, method, rank, layers = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}, "zero", 0, 0  # the base model
+        weights, method, rank, layers = zero_weights(shapes), "zero", 0, 0  # the base model
     else:
         adapter = read_peft_adapter(peft_dir)
         weights = {name: t.numpy() for name, t in swappable_weights(adapter, metadata.lora.sources, shapes).items()}
@@ -97,8 +98,7 @@ def engine_texts(bundle: Path, adapters: list[Path | None], prompt: str, max_tok
         done = subprocess.run([sys.executable, "-c", ENGINE, str(bundle), cache, str(max_tokens), prompt, *(str(a or "-") for a in adapters)],
                               check=False, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        errors = [line for line in done.stderr.splitlines() if "Failed" in line or "Error" in line] or done.stderr.strip().splitlines()
-        raise EdgeLLMError(f"LiteRT-LM's engine failed on {bundle} with the adapter: {(errors or ['no output'])[-1][:300]}")
+        raise EdgeLLMError(f"LiteRT-LM's engine failed on {bundle} with the adapter: {engine_error(done.stderr)}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -128,7 +128,7 @@ def adapter_checks(bundle: Path, adapter: Path, prompt: str = "Once upon a time"
     from edgellm.runtime.decoder import LiteRTModel
     from edgellm.runtime.generate import generate
     from edgellm.runtime.sampler import Sampler
-    from edgellm.tflite.lora_file import read_lora_file, write_lora_file
+    from edgellm.tflite.lora_file import lora_rank, write_zero_lora_file
 
     sections = read_litertlm(bundle)
     tokenizer = section_tokenizer(sections["tokenizer"])
@@ -140,12 +140,12 @@ def adapter_checks(bundle: Path, adapter: Path, prompt: str = "Once upon a time"
         model_path.write_bytes(sections["model"])
         model = LiteRTModel(model_path)
         try:
-            model.load_adapter(adapter)
+            weights = model.load_adapter(adapter)
         except EdgeLLMError as exc:
             return [Check("adapter", False, str(exc))]
-        rank, weights = read_lora_file(adapter)
+        rank = lora_rank(model.lora_shapes)
         checks = [Check("adapter", True, f"rank {rank}, {len(weights)} LoRA tensors of the model's {len(model.lora_shapes)}")]
-        dead = _reaching(model, {n: w.copy() for n, w in weights.items()}, prompt_ids)
+        dead = _reaching(model, weights, prompt_ids)
         checks.append(Check("lora inputs", not dead, f"all {len(model.lora_shapes) // 2} (target, layer) pairs move the logits" if not dead
                             else f"{len(dead)} do not reach the output, first {dead[0]}; rebuild the model"))
 
@@ -154,7 +154,7 @@ def adapter_checks(bundle: Path, adapter: Path, prompt: str = "Once upon a time"
             return list(generate(model, prompt_ids, max_tokens, Sampler(), stops))
 
         zero = Path(scratch) / "zero.tflite"
-        write_lora_file(zero, {n: np.zeros_like(w) for n, w in weights.items()}, rank)
+        write_zero_lora_file(zero, model.lora_shapes)
         base_ids, adapted_ids = ours({}), ours(weights)
         # Zero first: LiteRT-LM 0.18 binds nothing to LoRA inputs in a conversation that loads no LoRA file.
         texts = engine_texts(bundle, [zero, adapter, zero], prompt, max_tokens)

@@ -62,10 +62,12 @@ def _token_ids(union) -> list[int]:
     return list(union.token_ids.ids)
 
 
-def _signature_check(model: bytes) -> tuple[Check, Check]:
-    """Signatures and KV cache as LiteRT-LM needs them, read from the flatbuffer (no runtime started)."""
+def _signature_check(model: bytes) -> tuple[list[Check], dict[str, tuple[int, ...]]]:
+    """Signatures and KV cache as LiteRT-LM needs them, read from the flatbuffer (no runtime started),
+    and the shapes of the model's LoRA inputs (empty without)."""
     from edgellm.runtime.decoder import cache_length
     from edgellm.tflite.file import check_generative
+    from edgellm.tflite.lora_file import lora_input_shapes, lora_rank
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "model.tflite").write_bytes(model)
@@ -73,14 +75,14 @@ def _signature_check(model: bytes) -> tuple[Check, Check]:
             signatures = check_generative(Path(tmp) / "model.tflite")
         except EdgeLLMError as exc:
             detail = str(exc).replace(f"{tmp}/", "")
-            return Check("signatures", False, detail), Check("kv cache", False, "no decode signature to read it from")
+            return [Check("signatures", False, detail), Check("kv cache", False, "no decode signature to read it from")], {}
     decode = signatures["decode"]
     caches = [name for name in decode.inputs if name.startswith("kv_cache_")]
     prefill = sorted((name for name in signatures if name.startswith("prefill_")), key=lambda n: int(n.removeprefix("prefill_")))
     length = cache_length(decode.shapes[caches[0]])
-    lora = [decode.shapes[name][1] for name in decode.inputs if name.startswith("lora_") and "_a_prime_" in name]
-    inputs = f"; rank-{lora[0]} LoRA inputs (load an adapter, or the zero one, per conversation)" if lora else ""
-    return (Check("signatures", True, ", ".join([*prefill, "decode"]) + inputs), Check("kv cache", True, f"{length} positions, {len(caches) // 2} layers"))
+    lora = lora_input_shapes(decode)
+    inputs = f"; rank-{lora_rank(lora)} LoRA inputs (load an adapter, or the zero one, per conversation)" if lora else ""
+    return [Check("signatures", True, ", ".join([*prefill, "decode"]) + inputs), Check("kv cache", True, f"{length} positions, {len(caches) // 2} layers")], lora
 
 
 ENGINE = """
@@ -95,9 +97,15 @@ print(json.dumps(content if isinstance(content, str) else "".join(p.get("text", 
 """
 
 
-def engine_generation(path: Path, model: bytes, prompt: str = "Hello!", max_tokens: int = 8, timeout: int = 300) -> Check:
+def engine_error(stderr: str) -> str:
+    """Why a LiteRT-LM engine process failed: the last line of its stderr that says so."""
+    errors = [line for line in stderr.splitlines() if "Failed" in line or "Error" in line] or stderr.strip().splitlines()
+    return (errors or ["no output"])[-1][:300]
+
+
+def engine_generation(path: Path, lora_shapes: dict[str, tuple[int, ...]], prompt: str = "Hello!", max_tokens: int = 8, timeout: int = 300) -> Check:
     """A short greedy reply through LiteRT-LM's Conversation API (its own process: native logs, crashes).
-    A model with LoRA inputs runs with the all-zero LoRA file: LiteRT-LM 0.18 binds nothing to them otherwise."""
+    A model with LoRA inputs (`lora_shapes`) runs with the all-zero LoRA file: LiteRT-LM 0.18 binds nothing to them otherwise."""
     from edgellm.tflite.lora_file import write_zero_lora_file
 
     try:
@@ -105,13 +113,14 @@ def engine_generation(path: Path, model: bytes, prompt: str = "Hello!", max_toke
     except ImportError:
         return Check("generation", True, "skipped: install litert-lm-api to run LiteRT-LM's engine")
     with tempfile.TemporaryDirectory() as cache:
-        (Path(cache) / "model.tflite").write_bytes(model)
-        lora = [str(Path(cache) / "zero-lora.tflite")] if write_zero_lora_file(Path(cache) / "model.tflite", Path(cache) / "zero-lora.tflite") else []
+        lora = []
+        if lora_shapes:
+            lora = [str(Path(cache) / "zero-lora.tflite")]
+            write_zero_lora_file(Path(lora[0]), lora_shapes)
         done = subprocess.run([sys.executable, "-c", ENGINE, str(path), cache, str(max_tokens), prompt, *lora],
                               check=False, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        errors = [line for line in done.stderr.splitlines() if "Failed" in line or "Error" in line]
-        return Check("generation", False, (errors or done.stderr.strip().splitlines() or ["no output"])[-1][:300])
+        return Check("generation", False, engine_error(done.stderr))
     text = json.loads(done.stdout.strip().splitlines()[-1])
     return Check("generation", bool(text.strip()), f"{max_tokens} greedy tokens: {text!r}" if text.strip() else "empty reply")
 
@@ -120,8 +129,10 @@ def check_litertlm(path: Path, generate: bool = True) -> dict:
     sections = read_litertlm(path)
     checks: list[Check] = []
     llm = sections.get("llm")
+    lora_shapes = {}
     if "model" in sections:
-        checks.extend(_signature_check(sections["model"]))
+        found, lora_shapes = _signature_check(sections["model"])
+        checks.extend(found)
     else:
         checks.append(Check("signatures", False, "no TFLite model section"))
     tokenizer_type = sections.get("tokenizer", (None, None))[0]
@@ -141,7 +152,7 @@ def check_litertlm(path: Path, generate: bool = True) -> dict:
         checks.append(Check("model type", True, llm.llm_model_type.WhichOneof("model_type") or "unset (generic)"))
         checks.append(_template_check(llm.jinja_prompt_template))
     if generate and all(c.ok for c in checks):
-        checks.append(engine_generation(path, sections["model"]))
+        checks.append(engine_generation(path, lora_shapes))
     return {"format": "litertlm", "path": str(path), "checks": [c.as_json() for c in checks], "ok": all(c.ok for c in checks)}
 
 
@@ -173,7 +184,7 @@ def check_task(path: Path) -> dict:
         names = archive.namelist()
         model = archive.read("TF_LITE_PREFILL_DECODE") if "TF_LITE_PREFILL_DECODE" in names else None
         spm = archive.read("TOKENIZER_MODEL") if "TOKENIZER_MODEL" in names else None
-    checks.extend(_signature_check(model) if model else [Check("signatures", False, "no TF_LITE_PREFILL_DECODE entry")])
+    checks.extend(_signature_check(model)[0] if model else [Check("signatures", False, "no TF_LITE_PREFILL_DECODE entry")])
     if spm is None:
         checks.append(Check("tokenizer", False, "no TOKENIZER_MODEL entry"))
     else:

@@ -144,13 +144,14 @@ class LiteRTModel:
             buffer.write(np.zeros(self._cache_shapes[name], np.float32))
 
     def set_lora(self, weights: dict[str, np.ndarray]) -> None:
-        """Bind an adapter's LoRA weights, each of its input's full shape (runtime/adapter.py pads them);
-        an input it has none for is zero, so {} runs the base model."""
+        """Bind an adapter's LoRA weights, each of its input's full shape (`edgellm adapter` pads them to
+        the model's rank); an input it has none for is zero, so {} runs the base model."""
         for name, shape in self.lora_shapes.items():
             self._lora[name].write(np.ascontiguousarray(weights.get(name, np.zeros(shape, np.float32)), np.float32))
 
-    def load_adapter(self, path: Path) -> None:
-        """Bind a LoRA file's weights (tflite/lora_file.py) to the model's LoRA inputs, each of its input's shape."""
+    def load_adapter(self, path: Path) -> dict[str, np.ndarray]:
+        """Bind a LoRA file's weights (tflite/lora_file.py) to the model's LoRA inputs, each of its input's
+        shape; returns them."""
         from edgellm.tflite.lora_file import read_lora_file
 
         if not self.lora_shapes:
@@ -162,6 +163,7 @@ class LiteRTModel:
                 found = "is not one of its LoRA inputs" if shape is None else f"is {list(shape)} in the model but {list(tensor.shape)} in the file"
                 raise EdgeLLMError(f"adapter {path}: {name} {found}; write the adapter for this model with `edgellm adapter PEFT_DIR --base MODEL`")
         self.set_lora(weights)
+        return weights
 
     def run(self, signature: str, tokens: list[int], start: int, logits: bool = True) -> np.ndarray | None:
         """Invoke one signature on `tokens` (its width of them) at positions start..; logits [width, vocab]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgellm.errors import EdgeLLMError
-from edgellm.tflite.file import IDENTIFIER, buffer_data
+from edgellm.tflite.file import IDENTIFIER, Signature, buffer_data
 
 RANK_METADATA = "lora_rank"
 _ALIGN = 64
@@ -104,15 +104,21 @@ def read_lora_file(path: Path) -> tuple[int, dict[str, np.ndarray]]:
     return rank, tensors
 
 
-def write_zero_lora_file(model: Path, out: Path) -> bool:
-    """The all-zero LoRA file of a `.tflite`'s LoRA inputs at `out` (the base model, in LiteRT-LM); False
-    for a model without LoRA inputs."""
-    from edgellm.tflite.file import read_signatures
+def lora_input_shapes(signature: Signature) -> dict[str, tuple[int, ...]]:
+    """A signature's LoRA inputs (layers/lora.py's names) and their shapes; empty for a model without."""
+    return {name: tuple(signature.shapes[name]) for name in signature.inputs if name.startswith("lora_")}
 
-    decode = read_signatures(model)["decode"]
-    shapes = {name: decode.shapes[name] for name in decode.inputs if name.startswith("lora_")}
-    if not shapes:
-        return False
-    rank = next(shape[1] for name, shape in shapes.items() if "_a_prime_" in name)  # A' is [in, rank]
-    write_lora_file(out, {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}, rank)
-    return True
+
+def lora_rank(shapes: dict[str, tuple[int, ...]]) -> int:
+    """The rank of LoRA inputs of these shapes: A' is [in, rank]."""
+    return next(shape[1] for name, shape in shapes.items() if "_a_prime_" in name)
+
+
+def zero_weights(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """All-zero LoRA weights of these shapes: the base model."""
+    return {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
+
+
+def write_zero_lora_file(out: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """The all-zero LoRA file for LoRA inputs of these shapes: the base model, in LiteRT-LM."""
+    write_lora_file(out, zero_weights(shapes), lora_rank(shapes))
