@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from edgellm.checkpoint.loader import Checkpoint, open_tensor_file, plan_weights
+from edgellm.checkpoint.loader import Checkpoint, plan_weights
 from edgellm.errors import EdgeLLMError
 from edgellm.infra.files import file_digest
 from edgellm.layers.lora import TARGETS, lora_input_name
@@ -100,10 +100,8 @@ def _pattern_value(patterns: dict, module: str, default):
 
 
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    path = _weights_file(folder)
-    handle = open_tensor_file(path, mapped=False)
-    names = handle.keys() if hasattr(handle, "get_tensor") else list(handle)
-    return {name: (handle.get_tensor(name) if hasattr(handle, "get_tensor") else handle[name]).to(torch.float32) for name in names}
+    weights = Checkpoint.open_file(_weights_file(folder))
+    return {name: weights.read(name).to(torch.float32) for name in weights.tensors}
 
 
 def read_peft_adapter(folder: Path) -> PeftAdapter:

@@ -53,6 +53,11 @@ class Checkpoint:
             "point the spec or --checkpoint at a Hugging Face checkpoint folder"
         )
 
+    @classmethod
+    def open_file(cls, path: Path) -> Checkpoint:
+        """The tensors of one weights file (a PEFT adapter's, say), safetensors or PyTorch .bin."""
+        return cls(path.parent, _read_file_inventory(path))
+
     def files(self) -> list[str]:
         return sorted({info.file for info in self.tensors.values()})
 
@@ -61,7 +66,7 @@ class Checkpoint:
         a tensor used as it is stored, safetensors only)."""
         file = self.tensors[name].file
         if (file, mapped) not in self._open:
-            self._open[file, mapped] = open_tensor_file(self.folder / file, mapped)
+            self._open[file, mapped] = _open_tensor_file(self.folder / file, mapped)
         handle = self._open[file, mapped]
         return handle.get_tensor(name) if hasattr(handle, "get_tensor") else handle[name]
 
@@ -69,12 +74,12 @@ class Checkpoint:
         """Rows [start, stop) of tensor `name`, read alone (a plain read of just those rows from safetensors)."""
         file = self.tensors[name].file
         if (file, False) not in self._open:
-            self._open[file, False] = open_tensor_file(self.folder / file, mapped=False)
+            self._open[file, False] = _open_tensor_file(self.folder / file, mapped=False)
         handle = self._open[file, False]
         return handle.get_slice(name)[start:stop] if hasattr(handle, "get_slice") else handle[name][start:stop]
 
 
-def open_tensor_file(path: Path, mapped: bool = True):
+def _open_tensor_file(path: Path, mapped: bool = True):
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -94,7 +99,7 @@ def open_tensor_file(path: Path, mapped: bool = True):
 
 
 def _read_file_inventory(path: Path) -> dict[str, TensorInfo]:
-    handle = open_tensor_file(path)
+    handle = _open_tensor_file(path)
     if hasattr(handle, "get_slice"):
         names = handle.keys()  # a safetensors handle is not iterable itself
         return {name: TensorInfo(tuple(handle.get_slice(name).get_shape()), path.name, handle.get_slice(name).get_dtype() == "F32") for name in names}
