@@ -44,6 +44,12 @@ SHAPES = {
     # SmolLM3-3B: every fourth layer without RoPE (transformers' default no_rope_layer_interval).
     "smollm3-3b": ("SmolLM3", {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
                                    "num_key_value_heads": 4, "max_position_embeddings": 65536, "tie_word_embeddings": True}),
+    # LFM2-350M: 10 short-convolution layers and 6 attention layers (config.json's layer_types).
+    "lfm2-350m": ("Lfm2", {"vocab_size": 65536, "hidden_size": 1024, "intermediate_size": 6656, "num_hidden_layers": 16, "num_attention_heads": 16,
+                           "num_key_value_heads": 8, "max_position_embeddings": 128000, "tie_word_embeddings": True, "conv_L_cache": 3,
+                           "block_multiple_of": 256, "block_ffn_dim_multiplier": 1.0, "block_auto_adjust_ff_dim": True,
+                           "layer_types": ["conv", "conv", "full_attention", "conv", "conv", "full_attention", "conv", "conv", "full_attention",
+                                           "conv", "full_attention", "conv", "full_attention", "conv", "full_attention", "conv"]}),
 }
 # Shapes above a billion parameters are written in bfloat16, as their real checkpoints are (W still counts float32).
 BFLOAT16 = {"qwen2.5-1.5b", "gemma-2-2b", "smollm3-3b"}

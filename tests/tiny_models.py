@@ -46,6 +46,9 @@ TINY = {
     "olmo-2-1b": ("Olmo2", {"tie_word_embeddings": False}),
     "olmo-3-7b": ("Olmo3", {"tie_word_embeddings": False, "sliding_window": WINDOW,
                             "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}),
+    # Convolution layers around one attention layer, the MLP size adjusted as LFM2's configs ask (96 -> 64).
+    "lfm2-350m": ("Lfm2", {"tie_word_embeddings": True, "num_hidden_layers": 4, "layer_types": ["conv", "full_attention", "conv", "conv"],
+                           "block_multiple_of": 32, "conv_L_cache": 3}),
     "granite-3.3-2b": ("Granite", {"tie_word_embeddings": True, "embedding_multiplier": 12.0, "residual_multiplier": 0.22,
                                    "attention_multiplier": 0.015625, "logits_scaling": 2.0}),  # real ones divide by 8: 2 keeps a trained spread here
 }

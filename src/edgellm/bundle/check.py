@@ -79,10 +79,13 @@ def _signature_check(model: bytes) -> tuple[list[Check], dict[str, tuple[int, ..
     decode = signatures["decode"]
     caches = [name for name in decode.inputs if name.startswith("kv_cache_")]
     prefill = sorted((name for name in signatures if name.startswith("prefill_")), key=lambda n: int(n.removeprefix("prefill_")))
-    length = cache_length(decode.shapes[caches[0]])
+    length = cache_length({name: decode.shapes[name] for name in caches})
+    layers = sum(name.startswith("kv_cache_k_") for name in caches)
+    others = len(caches) - 2 * layers
+    layers_text = f"{layers} attention layers" + (f", {others} recurrent states" if others else "")
     lora = lora_input_shapes(decode)
     inputs = f"; rank-{lora_rank(lora)} LoRA inputs (load an adapter, or the zero one, per conversation)" if lora else ""
-    return [Check("signatures", True, ", ".join([*prefill, "decode"]) + inputs), Check("kv cache", True, f"{length} positions, {len(caches) // 2} layers")], lora
+    return [Check("signatures", True, ", ".join([*prefill, "decode"]) + inputs), Check("kv cache", True, f"{length} positions, {layers_text}")], lora
 
 
 ENGINE = """

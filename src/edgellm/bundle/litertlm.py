@@ -11,6 +11,9 @@ from edgellm.errors import EdgeLLMError
 from edgellm.text.tokenizer import load_tokenizer
 from edgellm.tflite.file import check_generative
 
+# LiteRT-LM's StateBuffer type by state name prefix; any other state (kv_cache_c_{i}) is linear attention's.
+STATE_BUFFER_TYPES = {"kv_cache_k_": "TYPE_GLOBAL_KEY_CACHE", "kv_cache_v_": "TYPE_GLOBAL_VALUE_CACHE"}
+
 
 def write_litertlm(inputs: BundleInputs, out: Path) -> BundleReport:
     """A `.litertlm` LiteRT-LM runs: model, tokenizer, LLM metadata and the KV-cache layout."""
@@ -37,15 +40,17 @@ def write_litertlm(inputs: BundleInputs, out: Path) -> BundleReport:
     llm.max_num_tokens = meta.kv_cache_length
     getattr(llm.llm_model_type, model_type(meta.name)).SetInParent()
 
-    # K is [1, heads, T, dim] and V [1, heads, dim, T]: the runtime needs each one's sequence axis.
+    # K is [1, heads, T, dim] and V [1, heads, dim, T]: the runtime needs each one's sequence axis. A
+    # conv layer's state has none: LiteRT-LM calls such a buffer linear attention.
     executor = executor_metadata_pb2.ExecutorMetadata()
     layout = executor.llm_executor_metadata
     for name in caches:
         buffer = layout.state_buffers.add()
         buffer.prefill_input_name = buffer.prefill_output_name = buffer.decode_input_name = buffer.decode_output_name = name
-        key = name.startswith("kv_cache_k_")
-        buffer.type = executor_metadata_pb2.StateBuffer.Type.Value("TYPE_GLOBAL_KEY_CACHE" if key else "TYPE_GLOBAL_VALUE_CACHE")
-        buffer.sequence_axis = 2 if key else 3
+        axis = {"kv_cache_k_": 2, "kv_cache_v_": 3}.get(name[: len("kv_cache_k_")])
+        buffer.type = executor_metadata_pb2.StateBuffer.Type.Value(STATE_BUFFER_TYPES.get(name[: len("kv_cache_k_")], "TYPE_LINEAR_ATTENTION"))
+        if axis is not None:
+            buffer.sequence_axis = axis
     layout.attention_mask_settings.attention_mask_type = executor_metadata_pb2.ATTENTION_MASK_TYPE_CAUSAL
 
     with tempfile.TemporaryDirectory() as tmp:

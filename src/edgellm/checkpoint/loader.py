@@ -166,10 +166,11 @@ def _expand(rule: TensorRule, our_template: str, num_layers: int) -> list[tuple[
 
 def _layer_count(template: str, ours: dict, default: int) -> int:
     """Blocks a per-layer name spans (an encoder-decoder's encoder and decoder may differ in depth)."""
-    count = 0
-    while _LAYER in template and template.replace(_LAYER, str(count)) in ours:
-        count += 1
-    return count or default
+    if _LAYER not in template:
+        return default
+    # The last block that has it: some names are in some layers only (attention's q, a conv's kernel).
+    present = [i for i in range(len(ours)) if template.replace(_LAYER, str(i)) in ours]
+    return present[-1] + 1 if present else default
 
 
 def _shape(shape) -> str:
@@ -266,13 +267,14 @@ def _rules(spec: ModelSpec, arch: Architecture, ours: dict) -> dict[str, TensorR
             expanded = _expand(rule, our_template, _layer_count(our_template, ours, arch.num_layers))
         except ValueError as exc:
             raise EdgeLLMError(f"spec {spec.name}: {exc}") from None
-        for our_name, layer_rule in expanded:
-            if our_name not in ours:
-                raise EdgeLLMError(
-                    f"spec {spec.name}: weights key {our_template!r} is not a parameter of this architecture "
-                    f"(its parameters: {', '.join(sorted(_templates(ours)))})"
-                )
-            rules[our_name] = layer_rule
+        # A per-layer name may be in some layers only (attention layers' q, conv layers' kernel).
+        present = [(our_name, layer_rule) for our_name, layer_rule in expanded if our_name in ours]
+        if not present:
+            raise EdgeLLMError(
+                f"spec {spec.name}: weights key {our_template!r} is not a parameter of this architecture "
+                f"(its parameters: {', '.join(sorted(_templates(ours)))})"
+            )
+        rules.update(present)
     return rules
 
 

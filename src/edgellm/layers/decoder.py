@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from edgellm.layers.attention import Attention, softcap
+from edgellm.layers.conv import ShortConv
 from edgellm.layers.lora import layer_lora, lora_shapes
 from edgellm.layers.mlp import MLP
 from edgellm.layers.norms import make_norm
@@ -19,8 +20,9 @@ def _optional(module: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """Attention and MLP, sequential or in parallel, each with an optional norm on its input (pre-norm)
-    and on its output (post-norm; both: a sandwich), added to the residual stream scaled or not."""
+    """A token mixer (attention, or a short convolution) and an MLP, sequential or in parallel, each
+    with an optional norm on its input (pre-norm) and on its output (post-norm; both: a sandwich),
+    added to the residual stream scaled or not."""
 
     def __init__(self, arch: Architecture, layer: int):
         super().__init__()
@@ -28,20 +30,30 @@ class Block(nn.Module):
         self.rotates = arch.uses_rope(layer)
         self.parallel, self.residual_scale = arch.parallel_residual, arch.residual_multiplier
         self.attn_norm = make_norm(arch) if arch.pre_norm else None
-        self.attn = Attention(arch)
+        self.attn = Attention(arch) if arch.is_attention(layer) else None
+        self.conv = None if arch.is_attention(layer) else ShortConv(arch)
         self.post_attn_norm = make_norm(arch) if arch.post_attention_norm else None
         self.mlp_norm = make_norm(arch) if arch.pre_norm and not arch.parallel_residual else None
         self.mlp = MLP(arch)
         self.post_mlp_norm = make_norm(arch) if arch.post_mlp_norm else None
 
-    def forward(self, x, rope, mask, k_cache, v_cache, input_pos, lora=None):
+    def state_names(self) -> str:
+        """The letters of this layer's state tensors, kv_cache_{letter}_{layer}: K and V, or the conv state."""
+        return "c" if self.attn is None else "kv"
+
+    def forward(self, x, rope, mask, state: tuple[torch.Tensor, ...], input_pos, real_tokens, lora=None):
+        """`state`: the layer's tensors in state_names order; returns the new x and state."""
         h = _optional(self.attn_norm, x)
-        attn, k_cache, v_cache = self.attn(h, rope if self.rotates else None, mask, k_cache, v_cache, input_pos, lora)
+        if self.attn is None:
+            mixed, conv_state = self.conv(h, *state, real_tokens)
+            state = (conv_state,)
+        else:
+            mixed, *state = self.attn(h, rope if self.rotates else None, mask, *state, input_pos, lora)
         if self.parallel:
-            return x + self._scaled(attn) + self._scaled(self.mlp(h)), k_cache, v_cache
-        x = x + self._scaled(_optional(self.post_attn_norm, attn))
+            return x + self._scaled(mixed) + self._scaled(self.mlp(h)), tuple(state)
+        x = x + self._scaled(_optional(self.post_attn_norm, mixed))
         out = _optional(self.post_mlp_norm, self.mlp(_optional(self.mlp_norm, x)))
-        return x + self._scaled(out), k_cache, v_cache
+        return x + self._scaled(out), tuple(state)
 
     def _scaled(self, out: torch.Tensor) -> torch.Tensor:
         return out if self.residual_scale == 1.0 else out * self.residual_scale
@@ -67,7 +79,7 @@ class Decoder(nn.Module):
         return {
             f"blocks.{i}.{kind}.{name}": [f"blocks.{i}.{kind}.{part}" for part in parts]
             for i, block in enumerate(self.blocks)
-            for kind, module in (("attn", block.attn), ("mlp", block.mlp))
+            for kind, module in (("attn", block.attn), ("mlp", block.mlp)) if module is not None
             for name, parts in module.merge_projections().items()
         }
 
@@ -75,20 +87,27 @@ class Decoder(nn.Module):
         if self.arch.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def cache_shapes(self, kv_cache_length: int) -> dict[str, tuple[int, int, int, int]]:
-        """K is [1, kv_heads, T, head_dim] and V [1, kv_heads, head_dim, T] (layers/kv_cache.py says why)."""
+    def state_shapes(self, kv_cache_length: int) -> dict[str, tuple[int, ...]]:
+        """Every layer's state by input name: K [1, kv_heads, T, head_dim] and V [1, kv_heads, head_dim, T]
+        (layers/kv_cache.py says why), or a conv layer's last inputs (layers/conv.py)."""
         heads, dim = self.arch.num_kv_heads, self.arch.head_dim
-        return {"k": (1, heads, kv_cache_length, dim), "v": (1, heads, dim, kv_cache_length)}
+        shapes = {}
+        for i, block in enumerate(self.blocks):
+            if block.attn is None:
+                shapes[f"kv_cache_c_{i}"] = block.conv.state_shape()
+            else:
+                shapes[f"kv_cache_k_{i}"], shapes[f"kv_cache_v_{i}"] = (1, heads, kv_cache_length, dim), (1, heads, dim, kv_cache_length)
+        return shapes
 
     def empty_cache(self, kv_cache_length: int) -> dict[str, torch.Tensor]:
-        shapes = self.cache_shapes(kv_cache_length)
-        return {f"kv_cache_{kind}_{i}": torch.zeros(shapes[kind]) for i in range(self.arch.num_layers) for kind in "kv"}
+        return {name: torch.zeros(shape) for name, shape in self.state_shapes(kv_cache_length).items()}
 
     def lora_shapes(self, rank: int, targets: list[str]) -> dict[str, tuple[int, int]]:
         """The swappable LoRA inputs of rank `rank` for the attention projections `targets` (layers/lora.py)."""
         dim, q_dim, kv_dim = self.arch.hidden_size, self.arch.num_heads * self.arch.head_dim, self.arch.num_kv_heads * self.arch.head_dim
         ins, outs = {"q": dim, "k": dim, "v": dim, "o": q_dim}, {"q": q_dim, "k": kv_dim, "v": kv_dim, "o": dim}
-        return lora_shapes(ins, outs, rank, targets, self.arch.num_layers)
+        attention = [i for i in range(self.arch.num_layers) if self.arch.is_attention(i)]
+        return lora_shapes(ins, outs, rank, targets, attention)
 
     def masks(self, input_pos: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Additive masks, causal and causal within the sliding window, as every layer adds them to its
@@ -110,7 +129,8 @@ class Decoder(nn.Module):
         """tokens [1, N] at positions input_pos [N] (consecutive); returns logits [1, N, vocab] and the
         new caches, or with `logits=False` the final hidden states [1, N, hidden] instead of logits.
         `lora`: swappable LoRA inputs by name (lora_shapes)."""
-        full_mask, sliding_mask = self.masks(input_pos, kv_cache["kv_cache_k_0"].shape[2])
+        first_keys = next(name for name in kv_cache if name.startswith("kv_cache_k_"))
+        full_mask, sliding_mask = self.masks(input_pos, kv_cache[first_keys].shape[2])
         rope = self.rope(input_pos)
         rope_local = self.rope_local(input_pos) if self.rope_local is not None else rope
         x = self.embed(tokens)
@@ -118,15 +138,26 @@ class Decoder(nn.Module):
             x = x * (self.arch.hidden_size**0.5)
         if self.arch.embedding_multiplier != 1.0:
             x = x * self.arch.embedding_multiplier
+        real_tokens = real_token_count(input_pos)
         new_cache = {}
         for i, block in enumerate(self.blocks):
-            k, v = f"kv_cache_k_{i}", f"kv_cache_v_{i}"
+            names = [f"kv_cache_{letter}_{i}" for letter in block.state_names()]
             mask, block_rope = (sliding_mask, rope_local) if block.sliding else (full_mask, rope)
-            x, new_cache[k], new_cache[v] = block(x, block_rope, mask, kv_cache[k], kv_cache[v], input_pos, layer_lora(lora or {}, i))
+            x, state = block(x, block_rope, mask, tuple(kv_cache[n] for n in names), input_pos, real_tokens, layer_lora(lora or {}, i))
+            new_cache.update(zip(names, state))
         hidden = self.norm(x)
         if not logits:
             return {"hidden": hidden, **new_cache}
         return {"logits": output_logits(self.lm_head, self.arch, hidden), **new_cache}
+
+
+def real_token_count(input_pos: torch.Tensor) -> torch.Tensor | None:
+    """How many of a prefill's tokens are real: a runtime pads a prefill past its real tokens with
+    positions that do not increase (LiteRT-LM's convention, and edgellm's), so the real ones are those
+    up to the first position that is not above the one before. None for a single token (decode)."""
+    if input_pos.shape[0] == 1:
+        return None
+    return 1 + (input_pos[1:] > input_pos[:-1]).to(torch.int32).sum()
 
 
 def output_logits(lm_head: nn.Linear, arch: Architecture, hidden: torch.Tensor) -> torch.Tensor:

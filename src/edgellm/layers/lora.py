@@ -20,10 +20,10 @@ def lora_input_name(target: str, factor: str, layer: int) -> str:
     return f"lora_atten_{target}_{factor}_prime_weight_{layer}"
 
 
-def lora_shapes(in_features: dict[str, int], out_features: dict[str, int], rank: int, targets: list[str], num_layers: int) -> dict[str, tuple[int, int]]:
-    """Every LoRA input's shape, by name: A' [in, rank] and B' [rank, out] per target and layer."""
+def lora_shapes(in_features: dict[str, int], out_features: dict[str, int], rank: int, targets: list[str], layers: list[int]) -> dict[str, tuple[int, int]]:
+    """Every LoRA input's shape, by name: A' [in, rank] and B' [rank, out] per target and (attention) layer."""
     shapes = {}
-    for layer in range(num_layers):
+    for layer in layers:
         for target in targets:
             shapes[lora_input_name(target, "a", layer)] = (in_features[target], rank)
             shapes[lora_input_name(target, "b", layer)] = (rank, out_features[target])

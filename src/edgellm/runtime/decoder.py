@@ -39,12 +39,15 @@ class _SignatureIO:
         """Token slot, position slot and logits row for a one-token step, made once."""
         return int32_slots(self.tokens), int32_slots(self.positions), self.logits[0]
 
-    def write(self, tokens, start: int) -> None:
-        """Tokens at positions start.. (and their causal mask, if the model takes one)."""
+    def write(self, tokens, start: int, count: int) -> None:
+        """Tokens at positions start.., the first `count` of them real (and their causal mask, if the
+        model takes one). Padding gets position 0, so a position that does not rise marks where the real
+        tokens end (LiteRT-LM's convention; a recurrent state must stop there, layers/decoder.py)."""
         self.tokens[0] = tokens
         if self.tokens_buffer is not None:
             self.tokens_buffer.write(self.tokens)
-        self.positions[:] = range(start, start + len(self.positions))
+        self.positions[:count] = range(start, start + count)
+        self.positions[count:] = 0
         if self.mask is not None:
             self.fill_mask()
 
@@ -60,9 +63,16 @@ class _SignatureIO:
 _MASKED = np.finfo(np.float32).min
 
 
-def cache_length(k_shape) -> int:
-    """The positions a KV cache holds: K is [1, heads, T, dim] (edgellm's and litert-torch's layout)."""
-    return int(k_shape[2])
+def cache_length(shapes: dict[str, tuple[int, ...]]) -> int:
+    """The positions the KV cache holds, from a signature's input shapes: K is [1, heads, T, dim]
+    (edgellm's and litert-torch's layout; `kv_cache_k_{i}`, beside other layers' states)."""
+    return int(next(shape for name, shape in shapes.items() if name.startswith("kv_cache_k_"))[2])
+
+
+def holds_recurrent_state(cache_names) -> bool:
+    """Whether some layer keeps a state that is not per position (a conv state, `kv_cache_c_{i}`):
+    it cannot be rewound to an earlier position, only recomputed."""
+    return any(not name.startswith(("kv_cache_k_", "kv_cache_v_")) for name in cache_names)
 
 
 class LiteRTModel:
@@ -79,7 +89,8 @@ class LiteRTModel:
             raise EdgeLLMError(f"no prefill signature is at most {max_prefill} tokens (the model has {sorted(prefill)})")
         details = self._model.get_input_tensor_details("decode")
         self.cache_names = [name for name in signatures["decode"]["inputs"] if name.startswith("kv_cache_")]
-        self.kv_cache_length = cache_length(details[self.cache_names[0]]["shape"])
+        self.kv_cache_length = cache_length({name: details[name]["shape"] for name in self.cache_names})
+        self.recurrent = holds_recurrent_state(self.cache_names)
         self.vocab_size = int(self._model.get_output_tensor_details("decode")["logits"]["shape"][-1])
         # Swappable LoRA weights (layers/lora.py): one buffer per input, shared by every signature.
         self.lora_shapes = {name: tuple(details[name]["shape"]) for name in signatures["decode"]["inputs"] if name.startswith("lora_")}
@@ -165,11 +176,11 @@ class LiteRTModel:
         self.set_lora(weights)
         return weights
 
-    def run(self, signature: str, tokens: list[int], start: int, logits: bool = True) -> np.ndarray | None:
-        """Invoke one signature on `tokens` (its width of them) at positions start..; logits [width, vocab]
-        (None for a prefill that gives none, or when not asked for)."""
+    def run(self, signature: str, tokens: list[int], start: int, logits: bool = True, count: int | None = None) -> np.ndarray | None:
+        """Invoke one signature on `tokens` (its width of them, the first `count` real; default all) at
+        positions start..; logits [width, vocab] (None for a prefill that gives none, or when not asked for)."""
         io = self._io[signature]
-        io.write(tokens, start)
+        io.write(tokens, start, len(tokens) if count is None else count)
         self.invoke(signature)
         if not logits:
             return None
@@ -214,7 +225,7 @@ class LiteRTModel:
             width = 1 if signature == "decode" else int(signature.removeprefix("prefill_"))
             # Padding writes throwaway cache rows past the real tokens; the causal mask hides them
             # and later positions overwrite them.
-            chunk = self.run(signature, tokens[:take] + [0] * (width - take), start, logits)
+            chunk = self.run(signature, tokens[:take] + [0] * (width - take), start, logits, count=take)
             rows.append(None if chunk is None else chunk[:take])
             tokens, start = tokens[take:], start + take
         return rows

@@ -46,6 +46,9 @@ class Session:
                 break
             common += 1
         common = min(common, len(tokens) - 1)  # recompute at least the last token: its logits are needed
+        if self.model.recurrent and common < len(self.history):  # a conv state cannot be rewound: start over
+            self.model.reset()
+            common = 0
         # Rows past `common` are stale; the causal mask hides them until new positions overwrite them.
         self._logits = self.model.prefill(tokens[common:], common, last_only=True)[-1]
         self.history, self.computed = list(tokens), len(tokens) - common

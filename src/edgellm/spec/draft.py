@@ -29,6 +29,7 @@ FAMILY_SPECS = {
     "Olmo2ForCausalLM": "_hf-olmo2.yaml",
     "Olmo3ForCausalLM": "_hf-olmo2.yaml",  # OLMo 2's blocks; its sliding-window layers come from config.json
     "GraniteForCausalLM": "_hf-granite.yaml",
+    "Lfm2ForCausalLM": "_hf-lfm2.yaml",
     "BertModel": "_hf-bert.yaml",
     "T5ForConditionalGeneration": "_hf-t5.yaml",
 }

@@ -24,7 +24,7 @@ _HF_KEYS = {
     "attention_out_bias": "attention_bias",
     "attn_logit_softcap": "attn_logit_softcapping",
     "final_logit_softcap": "final_logit_softcapping",
-    "norm_eps": ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"),
+    "norm_eps": ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps"),
     "type_vocab_size": "type_vocab_size",
     "relative_attention_num_buckets": "relative_attention_num_buckets",
     "relative_attention_max_distance": "relative_attention_max_distance",
@@ -35,6 +35,8 @@ _HF_KEYS = {
     "residual_multiplier": "residual_multiplier",
     "logit_divisor": "logits_scaling",
     "attention_scale": "attention_multiplier",  # Granite: q.k scaled by this instead of head_dim ** -0.5
+    "conv_kernel": "conv_L_cache",
+    "conv_bias": "conv_bias",
 }
 
 
@@ -67,14 +69,26 @@ def _rope_from_hf(config: dict) -> dict:
     return rope
 
 
-def _attention_from_hf(config: dict, num_layers: int | None) -> dict:
+def _layers_from_hf(config: dict, num_layers: int | None) -> dict:
     layer_types = config.get("layer_types")
     window = config.get("sliding_window")
     if layer_types is None and window is not None and config.get("use_sliding_window", True) and num_layers:
         layer_types = ["sliding_attention"] * num_layers  # no per-layer list: one window for every layer
-    if not layer_types or "sliding_attention" not in layer_types:
+    if not layer_types or set(layer_types) == {"full_attention"}:
         return {}
-    return {"layer_types": list(layer_types), "sliding_window": window}
+    return {"layer_types": list(layer_types), **({"sliding_window": window} if "sliding_attention" in layer_types else {})}
+
+
+def _feed_forward_size(config: dict) -> int:
+    """The MLP's hidden size when config.json states it before an adjustment (block_auto_adjust_ff_dim:
+    two thirds of it, times a multiplier, rounded up to a multiple)."""
+    size = config["intermediate_size"]
+    if config.get("block_auto_adjust_ff_dim"):
+        size = int(2 * size / 3)
+        if config.get("block_ffn_dim_multiplier") is not None:
+            multiple = config["block_multiple_of"]
+            size = multiple * -(-int(config["block_ffn_dim_multiplier"] * size) // multiple)
+    return size
 
 
 def architecture_from_hf_config(config: dict) -> dict:
@@ -90,9 +104,11 @@ def architecture_from_hf_config(config: dict) -> dict:
         arch["attention_scale"] = config["query_pre_attn_scalar"] ** -0.5
     if config.get("no_rope_layers") is not None:  # SmolLM3: 1 where the layer rotates, 0 for NoPE
         arch["rope_layers"] = [bool(flag) for flag in config["no_rope_layers"]]
+    if config.get("intermediate_size") is not None:
+        arch["intermediate_size"] = _feed_forward_size(config)
     if "is_gated_act" in config:  # T5's feed_forward_proj: gated-gelu or relu
         arch["mlp"] = "gated" if config["is_gated_act"] else "plain"
-    return {**arch, **_rope_from_hf(config), **_attention_from_hf(config, arch.get("num_layers"))}
+    return {**arch, **_rope_from_hf(config), **_layers_from_hf(config, arch.get("num_layers"))}
 
 
 def read_hf_config(path: Path) -> dict:

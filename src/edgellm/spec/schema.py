@@ -59,7 +59,9 @@ class RopeScaling(_Strict):
         return self
 
 
-LayerType = Literal["full_attention", "sliding_attention"]
+# A layer's token mixer: attention over the KV cache (all of it, or a sliding window of it), or a
+# short causal convolution over the last few inputs, whose state is those inputs (LFM2).
+LayerType = Literal["full_attention", "sliding_attention", "conv"]
 
 
 class Architecture(_Strict):
@@ -113,6 +115,10 @@ class Architecture(_Strict):
     sliding_window: int | None = Field(default=None, gt=0)  # tokens a sliding layer sees, itself included
     layer_types: list[LayerType] | None = None  # per layer; None means every layer is full_attention
 
+    # Convolution layers (layer_types "conv"): out(C * conv(B * x)), B, C and x from one input projection
+    conv_kernel: int = Field(default=3, gt=1)  # taps of the causal depthwise convolution; its state keeps kernel - 1 inputs
+    conv_bias: bool = False  # biases on the projections and the convolution
+
     # Rotary position embedding
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
@@ -151,6 +157,9 @@ class Architecture(_Strict):
     def layer_type(self, layer: int) -> LayerType:
         return "full_attention" if self.layer_types is None else self.layer_types[layer]
 
+    def is_attention(self, layer: int) -> bool:
+        return self.layer_type(layer) != "conv"
+
     def uses_rope(self, layer: int) -> bool:
         return self.rope_layers is None or self.rope_layers[layer]
 
@@ -180,6 +189,8 @@ def architecture_problem(values: dict) -> str | None:
         return f"rope_layers has {len(rope_layers)} entries for {layers} layers"
     if values.get("pre_norm") is False and values.get("parallel_residual"):
         return "parallel_residual shares one pre-norm between attention and MLP; it needs pre_norm"
+    if layer_types and all(t == "conv" for t in layer_types):
+        return "layer_types has no attention layer; a decoder needs one to hold its positions"
     if layer_types and "sliding_attention" in layer_types and "sliding_window" in values and values["sliding_window"] is None:
         return "layer_types has sliding_attention layers but sliding_window is not set"
     if values.get("parallel_residual") and (values.get("post_attention_norm") or values.get("post_mlp_norm")):

@@ -1,0 +1,67 @@
+"""Layers whose state is not a KV cache (LFM2's short convolutions): the state after a padded prefill,
+and a conversation that rewinds, which such a state cannot do without recomputing."""
+
+import pytest
+import torch
+from conftest import SPECS
+from tiny_models import make_tiny_checkpoint
+
+from edgellm.infra.cache import ArtifactCache
+from edgellm.layers.decoder import Decoder
+from edgellm.pipeline.stages import Pipeline
+from edgellm.spec.load import load_spec
+from edgellm.spec.schema import Architecture
+
+ARCH = Architecture(vocab_size=64, hidden_size=16, num_layers=3, intermediate_size=32, num_heads=2, num_kv_heads=1, head_dim=8,
+                    max_position_embeddings=64, layer_types=["conv", "full_attention", "conv"], conv_kernel=3)
+
+
+def _decoder() -> Decoder:
+    """Random weights, q/k/v and gate/up merged into one matmul each as the loader makes them."""
+    torch.manual_seed(0)
+    decoder = Decoder(ARCH).eval()
+    decoder.merge_projections()
+    for name, param in list(decoder.named_parameters()):
+        module, _, attr = name.rpartition(".")
+        setattr(decoder.get_submodule(module), attr, torch.nn.Parameter(torch.randn(param.shape) * 0.3, requires_grad=False))
+    return decoder
+
+
+def test_a_padded_prefill_stops_the_conv_state_at_the_last_real_token():
+    """Three real tokens at positions 5.. in an 8-wide prefill, padded with position 0 (how runtimes
+    pad): the state and the real rows' logits are those of the three tokens alone."""
+    decoder, tokens = _decoder(), torch.tensor([[7, 21, 40]])
+    cache = {name: torch.randn_like(t) for name, t in decoder.empty_cache(16).items()}  # an earlier turn's state
+    with torch.no_grad():
+        alone = decoder(tokens, torch.arange(5, 8), cache)
+        padded = decoder(torch.cat([tokens, torch.zeros((1, 5), dtype=torch.long)], 1), torch.tensor([5, 6, 7, 0, 0, 0, 0, 0]), cache)
+    for name in ("kv_cache_c_0", "kv_cache_c_2"):
+        torch.testing.assert_close(padded[name], alone[name], rtol=1e-5, atol=1e-5)  # layer 2 after attention: matmul widths differ
+        assert not torch.equal(padded[name], cache[name])  # the state did move
+    torch.testing.assert_close(padded["logits"][:, :3], alone["logits"], rtol=1e-5, atol=1e-5)
+    # Unmasked, the padding would have pushed the state past the real tokens.
+    assert set(decoder.empty_cache(16)) == {"kv_cache_c_0", "kv_cache_k_1", "kv_cache_v_1", "kv_cache_c_2"}
+
+
+@pytest.mark.slow
+def test_a_conversation_that_rewinds_recomputes_the_conv_state(tmp_path):
+    """A session fed A+B, then A+C, gives what a fresh session fed A+C gives: a conv state cannot go
+    back to the end of A, so the second feed starts over instead of reusing A."""
+    from edgellm.runtime.decoder import LiteRTModel
+    from edgellm.runtime.generate import Session
+
+    spec = load_spec(SPECS / "lfm2-350m.yaml")
+    folder = make_tiny_checkpoint("lfm2-350m", tmp_path / "ckpt", spec.tokenizer.file)
+    model = LiteRTModel(Pipeline(spec, checkpoint=folder, cache=ArtifactCache(tmp_path / "cache")).result("convert").file)
+    assert model.recurrent
+    prefix = [1, 17, 101, 230, 45]
+    session = Session(model)
+    session.feed(prefix + [300, 301, 302])
+    session.feed(prefix + [400, 401])
+    assert session.computed == len(prefix) + 2
+    rewound = session._logits.copy()
+    fresh = Session(model)
+    fresh.feed(prefix + [400, 401])
+    assert (rewound == fresh._logits).all()
+    session.feed(prefix + [400, 401, 402])  # a continuation still reuses what the state holds
+    assert session.computed == 1
