@@ -124,7 +124,7 @@ def test_a_layernorm_model_stores_each_weight_once(tmp_path):
 
 
 # The families added for the models shipped to phones in 2025-26 (issue #26), each bundled and run in LiteRT-LM's engine.
-NEW_FAMILIES = ["granite-3.3-2b", "lfm2-350m", "olmo-2-1b", "olmo-3-7b", "smollm3-3b"]
+NEW_FAMILIES = ["granite-3.3-2b", "lfm2-350m", "olmo-2-1b", "olmo-3-7b", "qwen3.5-0.8b", "smollm3-3b"]
 
 
 @pytest.mark.slow

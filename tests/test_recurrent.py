@@ -1,5 +1,6 @@
-"""Layers whose state is not a KV cache (LFM2's short convolutions): the state after a padded prefill,
-and a conversation that rewinds, which such a state cannot do without recomputing."""
+"""Layers whose state is not a KV cache (LFM2's short convolutions, Qwen3.5's linear attention): the
+state after a padded prefill, the delta rule's parallel form, and a conversation that rewinds, which
+such a state cannot do without recomputing."""
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from edgellm.spec.load import load_spec
 from edgellm.spec.schema import Architecture
 
 ARCH = Architecture(vocab_size=64, hidden_size=16, num_layers=3, intermediate_size=32, num_heads=2, num_kv_heads=1, head_dim=8,
-                    max_position_embeddings=64, layer_types=["conv", "full_attention", "conv"], conv_kernel=3)
+                    max_position_embeddings=64, layer_types=["conv", "full_attention", "linear_attention"], conv_kernel=3,
+                    linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=4, linear_value_head_dim=6)
 
 
 def _decoder() -> Decoder:
@@ -27,20 +29,20 @@ def _decoder() -> Decoder:
     return decoder
 
 
-def test_a_padded_prefill_stops_the_conv_state_at_the_last_real_token():
+def test_a_padded_prefill_stops_the_states_at_the_last_real_token():
     """Three real tokens at positions 5.. in an 8-wide prefill, padded with position 0 (how runtimes
-    pad): the state and the real rows' logits are those of the three tokens alone."""
+    pad): the conv and recurrent states and the real rows' logits are those of the three tokens alone."""
     decoder, tokens = _decoder(), torch.tensor([[7, 21, 40]])
     cache = {name: torch.randn_like(t) for name, t in decoder.empty_cache(16).items()}  # an earlier turn's state
     with torch.no_grad():
         alone = decoder(tokens, torch.arange(5, 8), cache)
         padded = decoder(torch.cat([tokens, torch.zeros((1, 5), dtype=torch.long)], 1), torch.tensor([5, 6, 7, 0, 0, 0, 0, 0]), cache)
-    for name in ("kv_cache_c_0", "kv_cache_c_2"):
+    for name in ("kv_cache_c_0", "kv_cache_c_2", "kv_cache_r_2"):
         torch.testing.assert_close(padded[name], alone[name], rtol=1e-5, atol=1e-5)  # layer 2 after attention: matmul widths differ
         assert not torch.equal(padded[name], cache[name])  # the state did move
     torch.testing.assert_close(padded["logits"][:, :3], alone["logits"], rtol=1e-5, atol=1e-5)
     # Unmasked, the padding would have pushed the state past the real tokens.
-    assert set(decoder.empty_cache(16)) == {"kv_cache_c_0", "kv_cache_k_1", "kv_cache_v_1", "kv_cache_c_2"}
+    assert set(decoder.empty_cache(16)) == {"kv_cache_c_0", "kv_cache_k_1", "kv_cache_v_1", "kv_cache_c_2", "kv_cache_r_2"}
 
 
 @pytest.mark.slow
@@ -65,3 +67,22 @@ def test_a_conversation_that_rewinds_recomputes_the_conv_state(tmp_path):
     assert (rewound == fresh._logits).all()
     session.feed(prefix + [400, 401, 402])  # a continuation still reuses what the state holds
     assert session.computed == 1
+
+
+@pytest.mark.parametrize("n", [1, 5, 32])
+def test_the_delta_rule_in_one_chunk_is_transformers_token_by_token_rule(n):
+    """The parallel form over N tokens (and its unit lower-triangular inverse) against transformers'
+    own sequential reference, from a non-zero state: outputs and final state."""
+    from transformers.models.qwen3_5.modeling_qwen3_5 import torch_recurrent_gated_delta_rule
+
+    from edgellm.layers.linear_attention import delta_rule_chunk
+
+    torch.manual_seed(n)
+    heads, dk, dv = 3, 8, 6
+    q, k = (torch.nn.functional.normalize(torch.randn(1, n, heads, dk), dim=-1) for _ in range(2))
+    v, state = torch.randn(1, n, heads, dv), torch.randn(1, heads, dk, dv)
+    g, beta = -torch.rand(1, n, heads), torch.rand(1, n, heads)
+    theirs, their_state = torch_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=True)
+    ours, our_state = delta_rule_chunk(*(t.transpose(1, 2) for t in (q * dk**-0.5, k, v, g, beta)), state)
+    torch.testing.assert_close(ours.transpose(1, 2), theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(our_state, their_state, rtol=1e-5, atol=1e-5)

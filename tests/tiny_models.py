@@ -49,6 +49,9 @@ TINY = {
     # Convolution layers around one attention layer, the MLP size adjusted as LFM2's configs ask (96 -> 64).
     "lfm2-350m": ("Lfm2", {"tie_word_embeddings": True, "num_hidden_layers": 4, "layer_types": ["conv", "full_attention", "conv", "conv"],
                            "block_multiple_of": 32, "conv_L_cache": 3}),
+    # Three linear-attention layers to one gated full-attention layer; key heads shared by two value heads.
+    "qwen3.5-0.8b": ("Qwen3_5", {"tie_word_embeddings": True, "num_hidden_layers": 4, "head_dim": 16, "linear_num_key_heads": 2,
+                                 "linear_num_value_heads": 4, "linear_key_head_dim": 8, "linear_value_head_dim": 12}),
     "granite-3.3-2b": ("Granite", {"tie_word_embeddings": True, "embedding_multiplier": 12.0, "residual_multiplier": 0.22,
                                    "attention_multiplier": 0.015625, "logits_scaling": 2.0}),  # real ones divide by 8: 2 keeps a trained spread here
 }
@@ -59,7 +62,7 @@ def make_tiny_checkpoint(spec_name: str, folder: Path, tokenizer_file: str, max_
     import transformers
 
     prefix, overrides = TINY[spec_name]
-    config_class = getattr(transformers, f"{prefix}TextConfig" if prefix == "Gemma3" else f"{prefix}Config")
+    config_class = getattr(transformers, f"{prefix}TextConfig" if prefix in ("Gemma3", "Qwen3_5") else f"{prefix}Config")
     model_class = getattr(transformers, f"{prefix}ForCausalLM")
     torch.manual_seed(0)
     model = model_class(config_class(**{**COMMON, **overrides, **extra}))

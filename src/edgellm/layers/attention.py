@@ -22,7 +22,9 @@ class Attention(nn.Module):
         self.scale = arch.attention_scale if arch.attention_scale is not None else arch.head_dim**-0.5
         self.logit_softcap = arch.attn_logit_softcap
         dim, q_dim, kv_dim = arch.hidden_size, arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
-        self.q = nn.Linear(dim, q_dim, bias=arch.attention_bias)
+        # With an output gate, each head's rows of q are its query, then its gate (the checkpoint's layout).
+        self.gated = arch.attention_output_gate
+        self.q = nn.Linear(dim, 2 * q_dim if self.gated else q_dim, bias=arch.attention_bias)
         self.k = nn.Linear(dim, kv_dim, bias=arch.attention_bias)
         self.v = nn.Linear(dim, kv_dim, bias=arch.attention_bias)
         self.out = nn.Linear(q_dim, dim, bias=arch.attention_out_bias)
@@ -54,7 +56,9 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         kvh, groups, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
         lora = lora or {}
-        q, k, v = self.qkv(x).split([self.num_heads * d, kvh * d, kvh * d], dim=-1)
+        q, k, v = self.qkv(x).split([self.num_heads * d * (2 if self.gated else 1), kvh * d, kvh * d], dim=-1)
+        if self.gated:
+            q, gate = (t.reshape(b, n, self.num_heads * d) for t in q.view(b, n, self.num_heads, 2 * d).chunk(2, dim=-1))
         q, k, v = q + low_rank(x, lora.get("q")), k + low_rank(x, lora.get("k")), v + low_rank(x, lora.get("v"))
         if self.q_norm is not None and self.norm_projections:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -76,4 +80,6 @@ class Attention(nn.Module):
         probs = torch.softmax(scores.float(), dim=-1).type_as(q)
         y = matmul_transposed(probs, v_cache).view(b, self.num_heads, n, d).transpose(1, 2)
         y = y.reshape(b, n, self.num_heads * d)
+        if self.gated:
+            y = y * torch.sigmoid(gate)
         return self.out(y) + low_rank(y, lora.get("o")), k_cache, v_cache

@@ -5,6 +5,7 @@ from torch import nn
 
 from edgellm.layers.attention import Attention, softcap
 from edgellm.layers.conv import ShortConv
+from edgellm.layers.linear_attention import GatedDeltaNet
 from edgellm.layers.lora import layer_lora, lora_shapes
 from edgellm.layers.mlp import MLP
 from edgellm.layers.norms import make_norm
@@ -20,9 +21,9 @@ def _optional(module: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """A token mixer (attention, or a short convolution) and an MLP, sequential or in parallel, each
-    with an optional norm on its input (pre-norm) and on its output (post-norm; both: a sandwich),
-    added to the residual stream scaled or not."""
+    """A token mixer (attention, a short convolution or linear attention) and an MLP, sequential or in
+    parallel, each with an optional norm on its input (pre-norm) and on its output (post-norm; both:
+    a sandwich), added to the residual stream scaled or not."""
 
     def __init__(self, arch: Architecture, layer: int):
         super().__init__()
@@ -30,23 +31,29 @@ class Block(nn.Module):
         self.rotates = arch.uses_rope(layer)
         self.parallel, self.residual_scale = arch.parallel_residual, arch.residual_multiplier
         self.attn_norm = make_norm(arch) if arch.pre_norm else None
+        mixer = arch.layer_type(layer)
         self.attn = Attention(arch) if arch.is_attention(layer) else None
-        self.conv = None if arch.is_attention(layer) else ShortConv(arch)
+        self.conv = ShortConv(arch) if mixer == "conv" else None
+        self.linear_attn = GatedDeltaNet(arch) if mixer == "linear_attention" else None
+        self.recurrent = self.conv or self.linear_attn  # the mixer with a state that is not per position, if any
+        self.state_letters = "".join(self.recurrent.state_shapes()) if self.recurrent else "kv"
         self.post_attn_norm = make_norm(arch) if arch.post_attention_norm else None
         self.mlp_norm = make_norm(arch) if arch.pre_norm and not arch.parallel_residual else None
         self.mlp = MLP(arch)
         self.post_mlp_norm = make_norm(arch) if arch.post_mlp_norm else None
 
-    def state_names(self) -> str:
-        """The letters of this layer's state tensors, kv_cache_{letter}_{layer}: K and V, or the conv state."""
-        return "c" if self.attn is None else "kv"
+    def state_shapes(self, kv_cache_length: int, kv_heads: int, head_dim: int) -> dict[str, tuple[int, ...]]:
+        """This layer's state tensors by letter, kv_cache_{letter}_{layer}: K [1, kv_heads, T, head_dim]
+        and V [1, kv_heads, head_dim, T] (layers/kv_cache.py says why), or a recurrent mixer's."""
+        if self.recurrent is not None:
+            return self.recurrent.state_shapes()
+        return {"k": (1, kv_heads, kv_cache_length, head_dim), "v": (1, kv_heads, head_dim, kv_cache_length)}
 
     def forward(self, x, rope, mask, state: tuple[torch.Tensor, ...], input_pos, real_tokens, lora=None):
-        """`state`: the layer's tensors in state_names order; returns the new x and state."""
+        """`state`: the layer's tensors in state_shapes order; returns the new x and state."""
         h = _optional(self.attn_norm, x)
-        if self.attn is None:
-            mixed, conv_state = self.conv(h, *state, real_tokens)
-            state = (conv_state,)
+        if self.recurrent is not None:
+            mixed, *state = self.recurrent(h, *state, real_tokens)
         else:
             mixed, *state = self.attn(h, rope if self.rotates else None, mask, *state, input_pos, lora)
         if self.parallel:
@@ -88,16 +95,12 @@ class Decoder(nn.Module):
             self.lm_head.weight = self.embed.weight
 
     def state_shapes(self, kv_cache_length: int) -> dict[str, tuple[int, ...]]:
-        """Every layer's state by input name: K [1, kv_heads, T, head_dim] and V [1, kv_heads, head_dim, T]
-        (layers/kv_cache.py says why), or a conv layer's last inputs (layers/conv.py)."""
-        heads, dim = self.arch.num_kv_heads, self.arch.head_dim
-        shapes = {}
-        for i, block in enumerate(self.blocks):
-            if block.attn is None:
-                shapes[f"kv_cache_c_{i}"] = block.conv.state_shape()
-            else:
-                shapes[f"kv_cache_k_{i}"], shapes[f"kv_cache_v_{i}"] = (1, heads, kv_cache_length, dim), (1, heads, dim, kv_cache_length)
-        return shapes
+        """Every layer's state by input name, kv_cache_{letter}_{layer} (Block.state_shapes)."""
+        return {
+            f"kv_cache_{letter}_{i}": shape
+            for i, block in enumerate(self.blocks)
+            for letter, shape in block.state_shapes(kv_cache_length, self.arch.num_kv_heads, self.arch.head_dim).items()
+        }
 
     def empty_cache(self, kv_cache_length: int) -> dict[str, torch.Tensor]:
         return {name: torch.zeros(shape) for name, shape in self.state_shapes(kv_cache_length).items()}
@@ -141,7 +144,7 @@ class Decoder(nn.Module):
         real_tokens = real_token_count(input_pos)
         new_cache = {}
         for i, block in enumerate(self.blocks):
-            names = [f"kv_cache_{letter}_{i}" for letter in block.state_names()]
+            names = [f"kv_cache_{letter}_{i}" for letter in block.state_letters]
             mask, block_rope = (sliding_mask, rope_local) if block.sliding else (full_mask, rope)
             x, state = block(x, block_rope, mask, tuple(kv_cache[n] for n in names), input_pos, real_tokens, layer_lora(lora or {}, i))
             new_cache.update(zip(names, state))

@@ -30,6 +30,7 @@ FAMILY_SPECS = {
     "Olmo3ForCausalLM": "_hf-olmo2.yaml",  # OLMo 2's blocks; its sliding-window layers come from config.json
     "GraniteForCausalLM": "_hf-granite.yaml",
     "Lfm2ForCausalLM": "_hf-lfm2.yaml",
+    "Qwen3_5ForCausalLM": "_hf-qwen3_5.yaml",
     "BertModel": "_hf-bert.yaml",
     "T5ForConditionalGeneration": "_hf-t5.yaml",
 }

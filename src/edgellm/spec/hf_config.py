@@ -35,7 +35,11 @@ _HF_KEYS = {
     "residual_multiplier": "residual_multiplier",
     "logit_divisor": "logits_scaling",
     "attention_scale": "attention_multiplier",  # Granite: q.k scaled by this instead of head_dim ** -0.5
-    "conv_kernel": "conv_L_cache",
+    "conv_kernel": ("conv_L_cache", "linear_conv_kernel_dim"),
+    "linear_num_key_heads": "linear_num_key_heads",
+    "linear_num_value_heads": "linear_num_value_heads",
+    "linear_key_head_dim": "linear_key_head_dim",
+    "linear_value_head_dim": "linear_value_head_dim",
     "conv_bias": "conv_bias",
 }
 

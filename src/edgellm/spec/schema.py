@@ -59,9 +59,11 @@ class RopeScaling(_Strict):
         return self
 
 
-# A layer's token mixer: attention over the KV cache (all of it, or a sliding window of it), or a
-# short causal convolution over the last few inputs, whose state is those inputs (LFM2).
-LayerType = Literal["full_attention", "sliding_attention", "conv"]
+# A layer's token mixer: attention over the KV cache (all of it, or a sliding window of it), a short
+# causal convolution whose state is the last few inputs (LFM2), or gated delta-rule linear attention
+# whose state is a matrix per head (Qwen3.5). The last two keep no per-position cache.
+LayerType = Literal["full_attention", "sliding_attention", "conv", "linear_attention"]
+RECURRENT_LAYERS = ("conv", "linear_attention")
 
 
 class Architecture(_Strict):
@@ -110,6 +112,7 @@ class Architecture(_Strict):
     attention_out_bias: bool = False  # bias on the output projection
     qk_norm: bool = False  # a norm on the queries and keys, before RoPE
     qk_norm_over: Literal["head", "projection"] = "head"  # head_dim of each head, or the whole q / k projection (OLMo 2)
+    attention_output_gate: bool = False  # q's projection also gives, per head, a sigmoid gate on the attention output (Qwen3.5)
     attention_scale: float | None = None  # multiplies q.k; default head_dim ** -0.5
     attn_logit_softcap: float | None = None  # scores = cap * tanh(scores / cap)
     sliding_window: int | None = Field(default=None, gt=0)  # tokens a sliding layer sees, itself included
@@ -118,6 +121,11 @@ class Architecture(_Strict):
     # Convolution layers (layer_types "conv"): out(C * conv(B * x)), B, C and x from one input projection
     conv_kernel: int = Field(default=3, gt=1)  # taps of the causal depthwise convolution; its state keeps kernel - 1 inputs
     conv_bias: bool = False  # biases on the projections and the convolution
+    # Linear-attention layers (layer_types "linear_attention"): key heads shared by consecutive value heads
+    linear_num_key_heads: int | None = Field(default=None, gt=0)
+    linear_num_value_heads: int | None = Field(default=None, gt=0)
+    linear_key_head_dim: int | None = Field(default=None, gt=0)
+    linear_value_head_dim: int | None = Field(default=None, gt=0)
 
     # Rotary position embedding
     rope_theta: float = 10000.0
@@ -158,7 +166,7 @@ class Architecture(_Strict):
         return "full_attention" if self.layer_types is None else self.layer_types[layer]
 
     def is_attention(self, layer: int) -> bool:
-        return self.layer_type(layer) != "conv"
+        return self.layer_type(layer) not in RECURRENT_LAYERS
 
     def uses_rope(self, layer: int) -> bool:
         return self.rope_layers is None or self.rope_layers[layer]
@@ -189,8 +197,14 @@ def architecture_problem(values: dict) -> str | None:
         return f"rope_layers has {len(rope_layers)} entries for {layers} layers"
     if values.get("pre_norm") is False and values.get("parallel_residual"):
         return "parallel_residual shares one pre-norm between attention and MLP; it needs pre_norm"
-    if layer_types and all(t == "conv" for t in layer_types):
+    if layer_types and all(t in RECURRENT_LAYERS for t in layer_types):
         return "layer_types has no attention layer; a decoder needs one to hold its positions"
+    linear = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim")
+    if layer_types and "linear_attention" in layer_types and any(k in values and values[k] is None for k in linear):
+        return f"layer_types has linear_attention layers but {', '.join(k for k in linear if values.get(k) is None)} not set"
+    keys, value_heads = values.get("linear_num_key_heads"), values.get("linear_num_value_heads")
+    if keys and value_heads and value_heads % keys:
+        return f"linear_num_value_heads ({value_heads}) must be a multiple of linear_num_key_heads ({keys})"
     if layer_types and "sliding_attention" in layer_types and "sliding_window" in values and values["sliding_window"] is None:
         return "layer_types has sliding_attention layers but sliding_window is not set"
     if values.get("parallel_residual") and (values.get("post_attention_norm") or values.get("post_mlp_norm")):
