@@ -40,14 +40,23 @@ def assert_within_tolerance(comparisons):
         assert metrics.max_abs_logit_diff <= 1e-3, (name, metrics)
 
 
+_TINY_BUILDS: dict = {}
+
+
+def _tiny_build(name: str, tmp_path_factory):
+    """A tiny checkpoint for one shipped spec, and a cache the tests of this module share (a draft
+    spec that matches the shipped one reuses its conversion, as a user's would; so does a build)."""
+    if name not in _TINY_BUILDS:
+        asset("corpora/tinyshakespeare/input.txt")  # what the tokenizer.json stand-in is trained on
+        spec = load_spec(SPECS / f"{name}.yaml")
+        root = tmp_path_factory.mktemp(name)
+        _TINY_BUILDS[name] = spec, make_tiny_checkpoint(name, root / "ckpt", spec.tokenizer.file), ArtifactCache(root / "cache")
+    return _TINY_BUILDS[name]
+
+
 @pytest.fixture(scope="module", params=sorted(TINY))
 def tiny(request, tmp_path_factory):
-    """A tiny checkpoint for one shipped spec, and a cache its tests share (a draft spec that
-    matches the shipped one reuses its conversion, as a user's would)."""
-    asset("corpora/tinyshakespeare/input.txt")  # what the tokenizer.json stand-in is trained on
-    spec = load_spec(SPECS / f"{request.param}.yaml")
-    root = tmp_path_factory.mktemp(request.param)
-    return spec, make_tiny_checkpoint(request.param, root / "ckpt", spec.tokenizer.file), ArtifactCache(root / "cache")
+    return _tiny_build(request.param, tmp_path_factory)
 
 
 @pytest.mark.slow
@@ -127,24 +136,28 @@ def test_a_layernorm_model_stores_each_weight_once(tmp_path):
 NEW_FAMILIES = ["granite-3.3-2b", "lfm2-350m", "olmo-2-1b", "olmo-3-7b", "qwen3.5-0.8b", "smollm3-3b"]
 
 
+@pytest.fixture(scope="module", params=NEW_FAMILIES)
+def new_family(request, tmp_path_factory):
+    return _tiny_build(request.param, tmp_path_factory)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NEW_FAMILIES)
-def test_new_family_bundles_for_litert_lm_and_quantizes(name, tmp_path):
+def test_new_family_bundles_for_litert_lm_and_quantizes(new_family, tmp_path):
     """LiteRT-LM's engine writes edgellm run's text; int8-dynamic and int4 build, load and run."""
     pytest.importorskip("litert_lm", reason="litert-lm-api is a dev extra: make install")
     from edgellm.bundle.adapter import engine_texts
 
-    spec = load_spec(SPECS / f"{name}.yaml")
-    folder = make_tiny_checkpoint(name, tmp_path / "ckpt", spec.tokenizer.file)
-    out = tmp_path / "out"
-    result = run_cli("build", "--spec", name, "--checkpoint", str(folder), "--bundle", "litertlm", "-o", str(out), cache=tmp_path / "cache")
+    spec, folder, cache = new_family
+    name, out = spec.name, tmp_path / "out"
+    # The conversion is the one the tests above cached for this spec and checkpoint.
+    result = run_cli("build", "--spec", name, "--checkpoint", str(folder), "--bundle", "litertlm", "-o", str(out), cache=cache.root)
     assert result.code == 0, result.stderr
-    ours = run_cli("run", str(out / "model.tflite"), "--prompt", "the king", "--max-tokens", "32", "--json", cache=tmp_path / "cache")
+    ours = run_cli("run", str(out / "model.tflite"), "--prompt", "the king", "--max-tokens", "32", "--json", cache=cache.root)
     assert ours.code == 0, ours.stderr
     assert engine_texts(out / f"{name}.litertlm", [None], "the king", 32) == [json.loads(ours.stdout)["text"]]
     for recipe in ("int8-dynamic", "int4"):  # quantized, each loads and generates (int4: GPTQ-calibrated)
         quantized = out / f"model-{recipe}.tflite"
-        done = run_cli("quantize", str(out / "model.tflite"), "--recipe", recipe, "-o", str(quantized), cache=tmp_path / "cache")
+        done = run_cli("quantize", str(out / "model.tflite"), "--recipe", recipe, "-o", str(quantized), cache=cache.root)
         assert done.code == 0, done.stderr
-        done = run_cli("run", str(quantized), "--prompt", "the king", "--max-tokens", "8", "--json", cache=tmp_path / "cache")
+        done = run_cli("run", str(quantized), "--prompt", "the king", "--max-tokens", "8", "--json", cache=cache.root)
         assert done.code == 0 and json.loads(done.stdout)["prompt_tokens"] > 0, done.stderr
