@@ -82,7 +82,7 @@ def _signature_check(model: bytes) -> tuple[list[Check], dict[str, tuple[int, ..
     length = cache_length({name: decode.shapes[name] for name in caches})
     layers = sum(name.startswith("kv_cache_k_") for name in caches)
     others = len(caches) - 2 * layers
-    layers_text = f"{layers} attention layers" + (f", {others} recurrent states" if others else "")
+    layers_text = f"{layers} attention layer{'s' * (layers != 1)}" + (f", {others} recurrent state{'s' * (others != 1)}" if others else "")
     lora = lora_input_shapes(decode)
     inputs = f"; rank-{lora_rank(lora)} LoRA inputs (load an adapter, or the zero one, per conversation)" if lora else ""
     return [Check("signatures", True, ", ".join([*prefill, "decode"]) + inputs), Check("kv cache", True, f"{length} positions, {layers_text}")], lora
