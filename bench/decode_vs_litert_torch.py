@@ -94,14 +94,39 @@ def build_litert_torch(python: str, checkpoint: Path, precision: str, work: Path
         subprocess.run([python, "-m", "litert_torch.generative.export_hf", f"--model={checkpoint}", f"--output_dir={out}", "--prefill_lengths=[128]",
                         "--cache_length=1024", f"--quantization_recipe={LITERT_TORCH_RECIPES[precision]}", "--bundle_litert_lm=True"],
                        env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bundle = max(out.rglob("*.litertlm"), key=lambda p: p.stat().st_size)
-    model = out / "model.tflite"
+    bundle = max((p for p in out.rglob("*.litertlm") if p.name != "generic.litertlm"), key=lambda p: p.stat().st_size)
+    model, dump = out / "model.tflite", out / "sections"
     if not model.is_file():  # the bundle holds the .tflite: take it out for edgellm's runtime
-        dump = out / "sections"
         subprocess.run([str(Path(sys.executable).parent / "litert-lm-peek"), "--litertlm_file", str(bundle), "--dump_files_dir", str(dump)],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         max(dump.rglob("*.tflite"), key=lambda p: p.stat().st_size).rename(model)
-    return model, bundle
+    return model, as_generic_model(bundle, dump, model, checkpoint / "tokenizer.json")
+
+
+def as_generic_model(bundle: Path, dump: Path, model: Path, tokenizer: Path) -> Path:
+    """The bundle, or one with the same model, tokenizer and state layout declared a generic model.
+
+    export_hf declares a family's model type (lfm2) but carries no chat template: LiteRT-LM then
+    wants the family's own template and refuses a stand-in tokenizer ("Unsupported model type for
+    template"). The graph, which is what is timed, stays the same."""
+    from google.protobuf import text_format
+    from litert_lm_builder import litertlm_builder as lb
+    from litert_lm_builder import litertlm_core
+    from litert_lm_builder.runtime.proto import executor_metadata_pb2, llm_metadata_pb2
+
+    llm = text_format.Parse((dump / "LlmMetadataProto.pbtext").read_text(), llm_metadata_pb2.LlmMetadata())
+    if llm.jinja_prompt_template or llm.llm_model_type.WhichOneof("model_type") in (None, "generic_model"):
+        return bundle
+    llm.llm_model_type.generic_model.SetInParent()
+    executor = text_format.Parse((dump / "ExecutorMetadataProto.pbtext").read_text(), executor_metadata_pb2.ExecutorMetadata())
+    (dump / "llm.pb").write_bytes(llm.SerializeToString())
+    (dump / "executor.pb").write_bytes(executor.SerializeToString())
+    generic = bundle.with_name("generic.litertlm")
+    builder = lb.LitertLmFileBuilder().add_llm_metadata(str(dump / "llm.pb")).add_executor_metadata(str(dump / "executor.pb"))
+    builder.add_hf_tokenizer(str(tokenizer)).add_tflite_model(str(model), lb.TfLiteModelType.PREFILL_DECODE)
+    with litertlm_core.open_file(str(generic), "wb") as f:
+        builder.build(f)
+    return generic
 
 
 def litert_lm_speeds(bundle: Path) -> tuple[float, float]:

@@ -104,6 +104,22 @@ def test_spec_init_draft_builds_and_verifies_unedited(tiny, tmp_path):
     assert_within_tolerance(pipeline.result("verify").report.comparisons | pipeline.result("verify-tflite").report.comparisons)
 
 
+def test_a_text_only_qwen3_5_checkpoint_drafts_the_text_family_and_verifies(tmp_path):
+    """Qwen3_5ForCausalLM (a text model saved alone; the shipped spec reads one inside a multimodal
+    checkpoint) drafts Qwen3.5's names with no multimodal prefix, and matches transformers."""
+    import transformers
+    from tiny_models import COMMON, QWEN3_5_TEXT, small_bpe_tokenizer
+
+    torch.manual_seed(0)
+    transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(**{**COMMON, **QWEN3_5_TEXT})).save_pretrained(tmp_path / "ckpt")
+    small_bpe_tokenizer().save(str(tmp_path / "ckpt" / "tokenizer.json"))
+    result = run_cli("spec", "init", "--from", str(tmp_path / "ckpt"), "-o", str(tmp_path / "draft.yaml"), cache=tmp_path / "cache")
+    assert result.code == 0, result.stderr
+    assert "extends: _hf-qwen3_5.yaml" in (tmp_path / "draft.yaml").read_text()
+    pipeline = Pipeline(load_spec(tmp_path / "draft.yaml"), cache=ArtifactCache(tmp_path / "cache"))
+    assert_within_tolerance(pipeline.result("verify").report.comparisons)
+
+
 def test_spec_init_refuses_an_unsupported_class_and_lists_the_supported(tmp_path):
     (tmp_path / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}')
     result = run_cli("spec", "init", "--from", str(tmp_path), cache=tmp_path / "cache")

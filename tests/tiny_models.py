@@ -26,7 +26,12 @@ COMMON = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 96, "num_hi
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 
-# spec name -> (transformers class prefix, config overrides)
+QWEN3_5_TEXT = {"tie_word_embeddings": True, "num_hidden_layers": 4, "head_dim": 16, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+                "linear_key_head_dim": 8, "linear_value_head_dim": 12}
+
+# spec name -> (transformers class prefix, config overrides); with a vision_config, the multimodal
+# class (ForConditionalGeneration) whose text_config gets COMMON
+
 TINY = {
     "tinyllama-1.1b": ("Llama", {"tie_word_embeddings": False}),
     "smollm2-135m": ("Llama", {"tie_word_embeddings": True, "num_key_value_heads": 1}),
@@ -49,9 +54,10 @@ TINY = {
     # Convolution layers around one attention layer, the MLP size adjusted as LFM2's configs ask (96 -> 64).
     "lfm2-350m": ("Lfm2", {"tie_word_embeddings": True, "num_hidden_layers": 4, "layer_types": ["conv", "full_attention", "conv", "conv"],
                            "block_multiple_of": 32, "conv_L_cache": 3}),
-    # Three linear-attention layers to one gated full-attention layer; key heads shared by two value heads.
-    "qwen3.5-0.8b": ("Qwen3_5", {"tie_word_embeddings": True, "num_hidden_layers": 4, "head_dim": 16, "linear_num_key_heads": 2,
-                                 "linear_num_value_heads": 4, "linear_key_head_dim": 8, "linear_value_head_dim": 12}),
+    # Three linear-attention layers to one gated full-attention layer, key heads shared by two value
+    # heads; the text model of a Qwen3_5ForConditionalGeneration, as the released checkpoints are.
+    "qwen3.5-0.8b": ("Qwen3_5", {"text_config": QWEN3_5_TEXT, "vision_config": {"depth": 1, "hidden_size": 32, "num_heads": 2,
+                                                                            "intermediate_size": 64, "out_hidden_size": 64}}),
     "granite-3.3-2b": ("Granite", {"tie_word_embeddings": True, "embedding_multiplier": 12.0, "residual_multiplier": 0.22,
                                    "attention_multiplier": 0.015625, "logits_scaling": 2.0}),  # real ones divide by 8: 2 keeps a trained spread here
 }
@@ -62,10 +68,14 @@ def make_tiny_checkpoint(spec_name: str, folder: Path, tokenizer_file: str, max_
     import transformers
 
     prefix, overrides = TINY[spec_name]
-    config_class = getattr(transformers, f"{prefix}TextConfig" if prefix in ("Gemma3", "Qwen3_5") else f"{prefix}Config")
-    model_class = getattr(transformers, f"{prefix}ForCausalLM")
     torch.manual_seed(0)
-    model = model_class(config_class(**{**COMMON, **overrides, **extra}))
+    if "vision_config" in overrides:
+        text = {**COMMON, **overrides["text_config"], **extra}
+        config = getattr(transformers, f"{prefix}Config")(**{**overrides, "text_config": text, "tie_word_embeddings": text["tie_word_embeddings"]})
+        model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
+    else:
+        config_class = getattr(transformers, f"{prefix}TextConfig" if prefix in ("Gemma3", "Qwen3_5") else f"{prefix}Config")
+        model = getattr(transformers, f"{prefix}ForCausalLM")(config_class(**{**COMMON, **overrides, **extra}))
     _perturb_norms(model)
     model.save_pretrained(folder, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     if tokenizer_file == "tokenizer.model":

@@ -263,6 +263,10 @@ def _rules(spec: ModelSpec, arch: Architecture, ours: dict) -> dict[str, TensorR
     rules: dict[str, TensorRule] = {}
     for our_template, rule in spec.weights.items():
         rule = TensorRule(source=rule) if isinstance(rule, str) else rule
+        for prefix, actual in spec.tensor_prefixes.items():
+            if rule.source.startswith(prefix):
+                rule = rule.model_copy(update={"source": actual + rule.source.removeprefix(prefix)})
+                break
         try:
             expanded = _expand(rule, our_template, _layer_count(our_template, ours, arch.num_layers))
         except ValueError as exc:

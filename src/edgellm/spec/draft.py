@@ -31,6 +31,7 @@ FAMILY_SPECS = {
     "GraniteForCausalLM": "_hf-granite.yaml",
     "Lfm2ForCausalLM": "_hf-lfm2.yaml",
     "Qwen3_5ForCausalLM": "_hf-qwen3_5.yaml",
+    "Qwen3_5ForConditionalGeneration": "_hf-qwen3_5-vl.yaml",  # its text model; the vision tower is not read
     "BertModel": "_hf-bert.yaml",
     "T5ForConditionalGeneration": "_hf-t5.yaml",
 }

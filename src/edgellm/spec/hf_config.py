@@ -96,7 +96,9 @@ def _feed_forward_size(config: dict) -> int:
 
 
 def architecture_from_hf_config(config: dict) -> dict:
-    """Translate a Hugging Face config (as a dict) into our architecture field names."""
+    """Translate a Hugging Face config (as a dict) into our architecture field names; a multimodal
+    config's text model (`text_config`) is what a decoder spec builds."""
+    config = {**config, **(config.get("text_config") or {})}
     arch = {ours: value for ours, theirs in _HF_KEYS.items() if (value := _first(config, theirs)) is not None}
     if "activation" in arch:
         arch["activation"] = _HF_ACTIVATIONS.get(arch["activation"], arch["activation"])

@@ -337,6 +337,9 @@ class ModelSpec(_Strict):
     weights: dict[str, str | TensorRule]
     # Checkpoint tensors that are deliberately not loaded (regular expressions).
     ignore_tensors: list[str] = []
+    # A `weights` source starting with a key is read under the value's prefix instead: a family's
+    # names on a multimodal checkpoint's text model ({"model.": "model.language_model."}).
+    tensor_prefixes: dict[str, str] = {}
     tokenizer: TokenizerSection = TokenizerSection()
     export: ExportSection = ExportSection()
     verify: VerifySection = VerifySection()

@@ -35,6 +35,8 @@ def load_reference(checkpoint_dir: Path, mapping: str):
     try:
         config = transformers.AutoConfig.from_pretrained(checkpoint_dir)
         model_class = getattr(transformers, mapping)[type(config)]
+        if not isinstance(config, model_class.config_class):  # a multimodal checkpoint: its text model's class
+            config = config.get_text_config()
         options = {"config": config, "dtype": torch.float32, "attn_implementation": "eager"}
         files = sorted(checkpoint_dir.glob("*.safetensors"))
         if not files:
