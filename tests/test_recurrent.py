@@ -2,6 +2,8 @@
 state after a padded prefill, the delta rule's parallel form, and a conversation that rewinds, which
 such a state cannot do without recomputing."""
 
+import json
+
 import pytest
 import torch
 from conftest import SPECS
@@ -86,3 +88,31 @@ def test_the_delta_rule_in_one_chunk_is_transformers_token_by_token_rule(n):
     ours, our_state = delta_rule_chunk(*(t.transpose(1, 2) for t in (q * dk**-0.5, k, v, g, beta)), state)
     torch.testing.assert_close(ours.transpose(1, 2), theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(our_state, their_state, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_swappable_lora_feeds_the_attention_layers_only(tmp_path):
+    """A --lora-rank build of a model with conv layers has LoRA inputs for its attention layers; an
+    adapter of those changes the text, and one that also adapts a conv layer is refused in one line."""
+    from conftest import run_cli
+    from tiny_models import make_tiny_adapter
+
+    spec = load_spec(SPECS / "lfm2-350m.yaml")
+    folder = make_tiny_checkpoint("lfm2-350m", tmp_path / "ckpt", spec.tokenizer.file)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert run_cli("build", "--spec", "lfm2-350m", "--checkpoint", str(folder), "--lora-rank", "16", "-o", str(out), cache=cache).code == 0
+    model = out / "model.tflite"
+    attention = make_tiny_adapter(folder, tmp_path / "attention", ["q_proj", "k_proj", "v_proj"])
+    wrote = run_cli("adapter", str(attention), "--base", str(model), "-o", str(tmp_path / "a.bin"), cache=cache)
+    assert wrote.code == 0 and "3 adapted weights" in wrote.stdout, wrote.stderr  # q, k, v of the one attention layer
+
+    def text(*adapter: str) -> str:
+        done = run_cli("run", str(model), "--prompt", "the king", "--max-tokens", "8", "--json", *adapter, cache=cache)
+        assert done.code == 0, done.stderr
+        return json.loads(done.stdout)["text"]
+
+    assert text("--adapter", str(tmp_path / "a.bin")) != text()
+    conv = make_tiny_adapter(folder, tmp_path / "conv", ["out_proj"])  # also the conv layers' out_proj
+    refused = run_cli("adapter", str(conv), "--base", str(model), "-o", str(tmp_path / "b.bin"), cache=cache)
+    assert refused.code == 2 and "conv.out_proj" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b.bin").exists()

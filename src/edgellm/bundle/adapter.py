@@ -25,7 +25,7 @@ class AdapterReport(BaseModel):
     method: str
     rank: int  # the adapter's own
     model_rank: int  # the model's LoRA rank, which the file is padded to
-    layers: int
+    adapted_weights: int  # the checkpoint weight matrices the adapter changes (a projection in a layer each)
     tensors: int
     size_bytes: int
 
@@ -63,14 +63,14 @@ def write_adapter(peft_dir: Path | None, base: Path, out: Path) -> AdapterReport
 
     metadata, shapes = lora_layout(base)
     if peft_dir is None:
-        weights, method, rank, layers = zero_weights(shapes), "zero", 0, 0  # the base model
+        weights, method, rank, adapted = zero_weights(shapes), "zero", 0, 0  # the base model
     else:
         adapter = read_peft_adapter(peft_dir)
         weights = {name: t.numpy() for name, t in swappable_weights(adapter, metadata.lora.sources, shapes).items()}
-        method, rank, layers = adapter.method, adapter.rank, len(adapter.layers)
+        method, rank, adapted = adapter.method, adapter.rank, len(adapter.layers)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_lora_file(out, weights, metadata.lora.rank)
-    return AdapterReport(path=str(out), method=method, rank=rank, model_rank=metadata.lora.rank, layers=layers, tensors=len(weights),
+    return AdapterReport(path=str(out), method=method, rank=rank, model_rank=metadata.lora.rank, adapted_weights=adapted, tensors=len(weights),
                          size_bytes=out.stat().st_size)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from edgellm.checkpoint.loader import Checkpoint, plan_weights
+from edgellm.checkpoint.loader import Checkpoint, checkpoint_name, plan_weights
 from edgellm.errors import EdgeLLMError
 from edgellm.infra.files import file_digest
 from edgellm.layers.lora import TARGETS, lora_input_name
@@ -190,14 +190,18 @@ def lora_sources(spec: ModelSpec, arch: Architecture, checkpoint: Checkpoint, bu
     """Where each LoRA target's weight comes from, so that an adapter trained on the checkpoint's
     names can be turned into the model's LoRA inputs later, with no spec at hand."""
     plan = plan_weights(spec, arch, checkpoint, build)
+    if "q" in targets and arch.attention_output_gate:
+        raise EdgeLLMError(f"spec {spec.name}: q's projection also gives the attention output gate, which LoRA inputs for q do not "
+                           "cover; pass --lora-targets k,v,o (or merge adapters with --adapter)")
+    first = next(i for i in range(arch.num_layers) if arch.is_attention(i))  # layers without attention have no projections
     sources = {}
     for target in targets:
         key = f"blocks.{{layer}}.attn.{_PROJECTIONS[target]}.weight"
-        rule, load = spec.weights.get(key), plan.get(key.replace("{layer}", "0"))
+        rule, load = spec.weights.get(key), plan.get(key.replace("{layer}", str(first)))
         if rule is None or load is None or load.transpose or (load.start is not None and load.axis != 0):
             raise EdgeLLMError(f"spec {spec.name}: the {target} projection's weight is not a plain or row-fused checkpoint tensor; "
                                "build without --lora-rank (merge adapters with --adapter)")
-        source = rule if isinstance(rule, str) else rule.source
+        source = checkpoint_name(spec, rule if isinstance(rule, str) else rule.source)
         sources[target] = LoraSource(tensor=source, rows=None if load.start is None else (load.start, load.stop))
     return sources
 

@@ -258,15 +258,21 @@ def _same_values(checkpoint: Checkpoint, first: str, second: str, rows: int = 40
     return True
 
 
+def checkpoint_name(spec: ModelSpec, source: str) -> str:
+    """A `weights` source as the checkpoint names it: under another prefix where the spec's
+    tensor_prefixes says so (a family's names on a multimodal checkpoint's text model)."""
+    for prefix, actual in spec.tensor_prefixes.items():
+        if source.startswith(prefix):
+            return actual + source.removeprefix(prefix)
+    return source
+
+
 def _rules(spec: ModelSpec, arch: Architecture, ours: dict) -> dict[str, TensorRule]:
     """The spec's `weights`, per layer: our parameter name -> the rule that makes it."""
     rules: dict[str, TensorRule] = {}
     for our_template, rule in spec.weights.items():
         rule = TensorRule(source=rule) if isinstance(rule, str) else rule
-        for prefix, actual in spec.tensor_prefixes.items():
-            if rule.source.startswith(prefix):
-                rule = rule.model_copy(update={"source": actual + rule.source.removeprefix(prefix)})
-                break
+        rule = rule.model_copy(update={"source": checkpoint_name(spec, rule.source)})
         try:
             expanded = _expand(rule, our_template, _layer_count(our_template, ours, arch.num_layers))
         except ValueError as exc:

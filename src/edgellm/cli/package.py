@@ -100,5 +100,5 @@ def adapter(peft_dir, base, zero, output, as_json) -> None:
     if as_json:
         emit_json(report.model_dump())
         return
-    kind = "all-zero (the base model)" if zero else f"{report.method} rank {report.rank} (padded to {report.model_rank}), {report.layers} layers"
+    kind = "all-zero (the base model)" if zero else f"{report.method} rank {report.rank} (padded to {report.model_rank}), {report.adapted_weights} adapted weights"
     click.echo(f"{output}: {kind}, {report.tensors} tensors, {report.size_bytes / 1e6:.2f} MB")
