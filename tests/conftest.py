@@ -101,6 +101,28 @@ def private_cache_root(tmp_path_factory):
     os.environ["EDGELLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("session-cache"))
 
 
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory):
+    """tiny_build(spec name) -> (spec, tiny checkpoint, cache): one per shipped spec for the whole
+    run, so every module that converts a spec's tiny checkpoint converts it once (tiny_models.py)."""
+    from tiny_models import make_tiny_checkpoint
+
+    from edgellm.infra.cache import ArtifactCache
+    from edgellm.spec.load import load_spec
+
+    builds: dict = {}
+
+    def build(name: str):
+        if name not in builds:
+            asset("corpora/tinyshakespeare/input.txt")  # what the tokenizer.json stand-in is trained on
+            spec = load_spec(SPECS / f"{name}.yaml")
+            root = tmp_path_factory.mktemp(name)
+            builds[name] = spec, make_tiny_checkpoint(name, root / "ckpt", spec.tokenizer.file), ArtifactCache(root / "cache")
+        return builds[name]
+
+    return build
+
+
 @pytest.fixture
 def cache(tmp_path) -> Path:
     return tmp_path / "cache"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import SPECS, asset, run_cli
+from conftest import SPECS, run_cli
 from tiny_models import LLAMA3_ROPE, TINY, make_tiny_checkpoint
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -40,23 +40,11 @@ def assert_within_tolerance(comparisons):
         assert metrics.max_abs_logit_diff <= 1e-3, (name, metrics)
 
 
-_TINY_BUILDS: dict = {}
-
-
-def _tiny_build(name: str, tmp_path_factory):
-    """A tiny checkpoint for one shipped spec, and a cache the tests of this module share (a draft
-    spec that matches the shipped one reuses its conversion, as a user's would; so does a build)."""
-    if name not in _TINY_BUILDS:
-        asset("corpora/tinyshakespeare/input.txt")  # what the tokenizer.json stand-in is trained on
-        spec = load_spec(SPECS / f"{name}.yaml")
-        root = tmp_path_factory.mktemp(name)
-        _TINY_BUILDS[name] = spec, make_tiny_checkpoint(name, root / "ckpt", spec.tokenizer.file), ArtifactCache(root / "cache")
-    return _TINY_BUILDS[name]
-
-
 @pytest.fixture(scope="module", params=sorted(TINY))
-def tiny(request, tmp_path_factory):
-    return _tiny_build(request.param, tmp_path_factory)
+def tiny(request, tiny_build):
+    """A tiny checkpoint for one shipped spec, and the run's cache for it (a draft spec that matches
+    the shipped one reuses its conversion, as a user's would; so does a build)."""
+    return tiny_build(request.param)
 
 
 @pytest.mark.slow
@@ -153,8 +141,8 @@ NEW_FAMILIES = ["granite-3.3-2b", "lfm2-350m", "olmo-2-1b", "olmo-3-7b", "qwen3.
 
 
 @pytest.fixture(scope="module", params=NEW_FAMILIES)
-def new_family(request, tmp_path_factory):
-    return _tiny_build(request.param, tmp_path_factory)
+def new_family(request, tiny_build):
+    return tiny_build(request.param)
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ import torch
 from conftest import SPECS
 from tiny_models import make_tiny_checkpoint
 
-from edgellm.infra.cache import ArtifactCache
 from edgellm.layers.decoder import Decoder
 from edgellm.pipeline.stages import Pipeline
 from edgellm.spec.load import load_spec
@@ -48,15 +47,14 @@ def test_a_padded_prefill_stops_the_states_at_the_last_real_token():
 
 
 @pytest.mark.slow
-def test_a_conversation_that_rewinds_recomputes_the_conv_state(tmp_path):
+def test_a_conversation_that_rewinds_recomputes_the_conv_state(tiny_build):
     """A session fed A+B, then A+C, gives what a fresh session fed A+C gives: a conv state cannot go
     back to the end of A, so the second feed starts over instead of reusing A."""
     from edgellm.runtime.decoder import LiteRTModel
     from edgellm.runtime.generate import Session
 
-    spec = load_spec(SPECS / "lfm2-350m.yaml")
-    folder = make_tiny_checkpoint("lfm2-350m", tmp_path / "ckpt", spec.tokenizer.file)
-    model = LiteRTModel(Pipeline(spec, checkpoint=folder, cache=ArtifactCache(tmp_path / "cache")).result("convert").file)
+    spec, folder, cache = tiny_build("lfm2-350m")  # the conversion the architecture tests made
+    model = LiteRTModel(Pipeline(spec, checkpoint=folder, cache=cache).result("convert").file)
     assert model.recurrent
     prefix = [1, 17, 101, 230, 45]
     session = Session(model)
