@@ -65,7 +65,7 @@ def _token_ids(union) -> list[int]:
 def _signature_check(model: bytes) -> tuple[list[Check], dict[str, tuple[int, ...]]]:
     """Signatures and KV cache as LiteRT-LM needs them, read from the flatbuffer (no runtime started),
     and the shapes of the model's LoRA inputs (empty without)."""
-    from edgellm.runtime.decoder import cache_length
+    from edgellm.runtime.decoder import cache_length, recurrent_states
     from edgellm.tflite.file import check_generative
     from edgellm.tflite.lora_file import lora_input_shapes, lora_rank
 
@@ -81,7 +81,7 @@ def _signature_check(model: bytes) -> tuple[list[Check], dict[str, tuple[int, ..
     prefill = sorted((name for name in signatures if name.startswith("prefill_")), key=lambda n: int(n.removeprefix("prefill_")))
     length = cache_length({name: decode.shapes[name] for name in caches})
     layers = sum(name.startswith("kv_cache_k_") for name in caches)
-    others = len(caches) - 2 * layers
+    others = len(recurrent_states(caches))
     layers_text = f"{layers} attention layer{'s' * (layers != 1)}" + (f", {others} recurrent state{'s' * (others != 1)}" if others else "")
     lora = lora_input_shapes(decode)
     inputs = f"; rank-{lora_rank(lora)} LoRA inputs (load an adapter, or the zero one, per conversation)" if lora else ""

@@ -11,8 +11,9 @@ from edgellm.errors import EdgeLLMError
 from edgellm.text.tokenizer import load_tokenizer
 from edgellm.tflite.file import check_generative
 
-# LiteRT-LM's StateBuffer type by state name prefix; any other state (kv_cache_c_{i}) is linear attention's.
-STATE_BUFFER_TYPES = {"kv_cache_k_": "TYPE_GLOBAL_KEY_CACHE", "kv_cache_v_": "TYPE_GLOBAL_VALUE_CACHE"}
+# LiteRT-LM's StateBuffer type and sequence axis by state name prefix; any other state
+# (kv_cache_c_{i}, kv_cache_r_{i}) is linear attention's, with no sequence axis.
+STATE_BUFFERS = {"kv_cache_k_": ("TYPE_GLOBAL_KEY_CACHE", 2), "kv_cache_v_": ("TYPE_GLOBAL_VALUE_CACHE", 3)}
 
 
 def write_litertlm(inputs: BundleInputs, out: Path) -> BundleReport:
@@ -47,8 +48,8 @@ def write_litertlm(inputs: BundleInputs, out: Path) -> BundleReport:
     for name in caches:
         buffer = layout.state_buffers.add()
         buffer.prefill_input_name = buffer.prefill_output_name = buffer.decode_input_name = buffer.decode_output_name = name
-        axis = {"kv_cache_k_": 2, "kv_cache_v_": 3}.get(name[: len("kv_cache_k_")])
-        buffer.type = executor_metadata_pb2.StateBuffer.Type.Value(STATE_BUFFER_TYPES.get(name[: len("kv_cache_k_")], "TYPE_LINEAR_ATTENTION"))
+        kind, axis = STATE_BUFFERS.get(name[: len("kv_cache_k_")], ("TYPE_LINEAR_ATTENTION", None))
+        buffer.type = executor_metadata_pb2.StateBuffer.Type.Value(kind)
         if axis is not None:
             buffer.sequence_axis = axis
     layout.attention_mask_settings.attention_mask_type = executor_metadata_pb2.ATTENTION_MASK_TYPE_CAUSAL

@@ -69,10 +69,10 @@ def cache_length(shapes: dict[str, tuple[int, ...]]) -> int:
     return int(next(shape for name, shape in shapes.items() if name.startswith("kv_cache_k_"))[2])
 
 
-def holds_recurrent_state(cache_names) -> bool:
-    """Whether some layer keeps a state that is not per position (a conv state, `kv_cache_c_{i}`):
-    it cannot be rewound to an earlier position, only recomputed."""
-    return any(not name.startswith(("kv_cache_k_", "kv_cache_v_")) for name in cache_names)
+def recurrent_states(cache_names) -> list[str]:
+    """The states that are not per position (conv and delta-rule states, `kv_cache_c_{i}`,
+    `kv_cache_r_{i}`): they cannot be rewound to an earlier position, only recomputed."""
+    return [name for name in cache_names if not name.startswith(("kv_cache_k_", "kv_cache_v_"))]
 
 
 class LiteRTModel:
@@ -90,7 +90,7 @@ class LiteRTModel:
         details = self._model.get_input_tensor_details("decode")
         self.cache_names = [name for name in signatures["decode"]["inputs"] if name.startswith("kv_cache_")]
         self.kv_cache_length = cache_length({name: details[name]["shape"] for name in self.cache_names})
-        self.recurrent = holds_recurrent_state(self.cache_names)
+        self.recurrent = bool(recurrent_states(self.cache_names))
         self.vocab_size = int(self._model.get_output_tensor_details("decode")["logits"]["shape"][-1])
         # Swappable LoRA weights (layers/lora.py): one buffer per input, shared by every signature.
         self.lora_shapes = {name: tuple(details[name]["shape"]) for name in signatures["decode"]["inputs"] if name.startswith("lora_")}
